@@ -50,13 +50,14 @@ absl::StatusOr<std::unique_ptr<Context>> Context::Create(
       int error = cuda::SetDevice(options.device.index);
       if (error == 0) error = cuda::CreateStream(&context->cuda_stream_);
       if (error != 0) {
-        return absl::InternalError(
-            absl::StrCat("creating a CUDA stream failed: ", cuda::ErrorString(error)));
+        return absl::InternalError(absl::StrCat(
+            "creating a CUDA stream failed: ", cuda::ErrorString(error)));
       }
-      error = cuda::CreateCublas(context->cuda_stream_, &context->cublas_handle_);
+      error =
+          cuda::CreateCublas(context->cuda_stream_, &context->cublas_handle_);
       if (error != 0) {
-        return absl::InternalError(
-            absl::StrCat("creating a cuBLAS handle failed with status ", error));
+        return absl::InternalError(absl::StrCat(
+            "creating a cuBLAS handle failed with status ", error));
       }
       return context;
 #else

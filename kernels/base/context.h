@@ -1,6 +1,7 @@
-// Context: what every op needs besides its tensors — the CPU thread pool and, for CUDA
-// contexts, the stream and cuBLAS handle (opaque here so host code needs no CUDA
-// headers). One Context per thread of control; ops never create their own.
+// Context: what every op needs besides its tensors — the CPU thread pool and,
+// for CUDA contexts, the stream and cuBLAS handle (opaque here so host code
+// needs no CUDA headers). One Context per thread of control; ops never create
+// their own.
 //
 // Example:
 //   FTX_ASSIGN_OR_RETURN(auto ctx, Context::Create({.num_threads = 2}));

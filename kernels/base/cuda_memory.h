@@ -1,7 +1,7 @@
-// Host-side CUDA runtime calls used by kernels/base (device memory, streams, cuBLAS
-// handles). Linked only with --config=cuda; every function returns a cudaError_t-style
-// integer (0 = success) and a message through ErrorString, so this header needs no
-// CUDA headers.
+// Host-side CUDA runtime calls used by kernels/base (device memory, streams,
+// cuBLAS handles). Linked only with --config=cuda; every function returns a
+// cudaError_t-style integer (0 = success) and a message through ErrorString, so
+// this header needs no CUDA headers.
 #ifndef FTX_KERNELS_BASE_CUDA_MEMORY_H_
 #define FTX_KERNELS_BASE_CUDA_MEMORY_H_
 

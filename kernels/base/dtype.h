@@ -1,7 +1,8 @@
 // Runtime element types and the conversions between them.
 //
-// ftx computes in float32 on the CPU; bfloat16 and float16 are storage types (weights
-// files, GPU tensors). Conversions round to nearest even, as PyTorch does.
+// ftx computes in float32 on the CPU; bfloat16 and float16 are storage types
+// (weights files, GPU tensors). Conversions round to nearest even, as PyTorch
+// does.
 #ifndef FTX_KERNELS_BASE_DTYPE_H_
 #define FTX_KERNELS_BASE_DTYPE_H_
 
@@ -119,7 +120,8 @@ inline float FromFloat16(Float16 value) {
   if (exponent == 0) {
     if (mantissa == 0) return FloatFromBits(sign);
     // Subnormal: value = mantissa * 2^-24.
-    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+    const float magnitude =
+        static_cast<float>(mantissa) * 5.9604644775390625e-8f;
     return sign ? -magnitude : magnitude;
   }
   if (exponent == 31) {
@@ -133,13 +135,16 @@ inline Float16 ToFloat16(float value) {
   const uint32_t bits = FloatBits(value);
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs_bits = bits & 0x7fffffffu;
-  if (abs_bits > 0x7f800000u) return Float16{static_cast<uint16_t>(sign | 0x7e00u)};
-  if (abs_bits >= 0x477ff000u) return Float16{static_cast<uint16_t>(sign | 0x7c00u)};
+  if (abs_bits > 0x7f800000u)
+    return Float16{static_cast<uint16_t>(sign | 0x7e00u)};
+  if (abs_bits >= 0x477ff000u)
+    return Float16{static_cast<uint16_t>(sign | 0x7c00u)};
   if (abs_bits < 0x38800000u) {
     // Result is subnormal (or zero): scale so that one unit is 2^-24 and round.
     const float magnitude = FloatFromBits(abs_bits) * 16777216.0f;
     const float rounded = __builtin_nearbyintf(magnitude);
-    return Float16{static_cast<uint16_t>(sign | static_cast<uint16_t>(rounded))};
+    return Float16{
+        static_cast<uint16_t>(sign | static_cast<uint16_t>(rounded))};
   }
   const uint32_t rounding = 0xfffu + ((abs_bits >> 13) & 1u);
   const uint32_t rebased = abs_bits - (112u << 23) + rounding;

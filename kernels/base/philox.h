@@ -1,7 +1,8 @@
 // Counter-based random numbers: Philox4x32-10 (Salmon et al., "Parallel Random
-// Numbers: As Easy as 1, 2, 3", SC 2011). Header-only and usable from CUDA device code,
-// so CPU and GPU produce the same stream: element `index` of (seed, stream) is a pure
-// function of those three numbers, independent of thread count or launch shape.
+// Numbers: As Easy as 1, 2, 3", SC 2011). Header-only and usable from CUDA
+// device code, so CPU and GPU produce the same stream: element `index` of
+// (seed, stream) is a pure function of those three numbers, independent of
+// thread count or launch shape.
 #ifndef FTX_KERNELS_BASE_PHILOX_H_
 #define FTX_KERNELS_BASE_PHILOX_H_
 
@@ -20,9 +21,9 @@ struct PhiloxBlock {
 };
 
 // One Philox4x32 block: 10 rounds over `counter` with key (key0, key1).
-FTX_HOST_DEVICE inline PhiloxBlock Philox4x32(uint32_t c0, uint32_t c1, uint32_t c2,
-                                              uint32_t c3, uint32_t key0,
-                                              uint32_t key1) {
+FTX_HOST_DEVICE inline PhiloxBlock Philox4x32(uint32_t c0, uint32_t c1,
+                                              uint32_t c2, uint32_t c3,
+                                              uint32_t key0, uint32_t key1) {
   constexpr uint32_t kMultiplier0 = 0xD2511F53u;
   constexpr uint32_t kMultiplier1 = 0xCD9E8D57u;
   constexpr uint32_t kWeyl0 = 0x9E3779B9u;
@@ -45,12 +46,14 @@ FTX_HOST_DEVICE inline PhiloxBlock Philox4x32(uint32_t c0, uint32_t c1, uint32_t
 }
 
 // The block holding element `index` of the (seed, stream) sequence.
-FTX_HOST_DEVICE inline PhiloxBlock PhiloxBlockFor(uint64_t seed, uint64_t stream,
+FTX_HOST_DEVICE inline PhiloxBlock PhiloxBlockFor(uint64_t seed,
+                                                  uint64_t stream,
                                                   uint64_t index) {
   const uint64_t block = index >> 2;
-  return Philox4x32(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
-                    static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32),
-                    static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return Philox4x32(
+      static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
+      static_cast<uint32_t>(stream), static_cast<uint32_t>(stream >> 32),
+      static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
 
 // 32 random bits: element `index` of (seed, stream).

@@ -12,7 +12,8 @@ constexpr float kTwoPi = 6.283185307179586f;
 
 absl::Status CheckFillTarget(const TensorView<float>& out, const char* op) {
   if (out.data() == nullptr && out.NumElements() > 0) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": output data is null"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": output data is null"));
   }
   if (out.device().type != DeviceType::kCpu) {
     return absl::InvalidArgumentError(
@@ -20,8 +21,8 @@ absl::Status CheckFillTarget(const TensorView<float>& out, const char* op) {
                      "; this function fills CPU tensors (see rng_cuda.h)"));
   }
   if (!out.IsContiguous()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": output ", out.shape().ToString(), " must be contiguous"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": output ", out.shape().ToString(), " must be contiguous"));
   }
   return absl::OkStatus();
 }

@@ -1,7 +1,7 @@
 // Seeded random tensors on the CPU from the Philox stream in philox.h. The same
-// (seed, stream) gives the same numbers on every thread count and, through the CUDA
-// twin in rng_cuda.h, on the GPU: uniforms are bit-identical; normals (Box-Muller)
-// agree to float rounding of log/sin/cos.
+// (seed, stream) gives the same numbers on every thread count and, through the
+// CUDA twin in rng_cuda.h, on the GPU: uniforms are bit-identical; normals
+// (Box-Muller) agree to float rounding of log/sin/cos.
 #ifndef FTX_KERNELS_BASE_RNG_H_
 #define FTX_KERNELS_BASE_RNG_H_
 
@@ -13,8 +13,8 @@
 
 namespace ftx {
 
-// Element `index` of a standard normal sequence. Elements come in groups of four
-// from one Philox block: (0,1) and (2,3) are Box-Muller pairs.
+// Element `index` of a standard normal sequence. Elements come in groups of
+// four from one Philox block: (0,1) and (2,3) are Box-Muller pairs.
 float RandomNormal(uint64_t seed, uint64_t stream, uint64_t index);
 
 struct RandomOptions {

@@ -7,8 +7,9 @@
 namespace ftx::cuda {
 
 // out[i] = low + (high - low) * U(offset + i) for i < n. Returns a cudaError_t.
-int LaunchFillUniform(float* out, int64_t n, float low, float high, uint64_t seed,
-                      uint64_t stream, uint64_t offset, void* cuda_stream);
+int LaunchFillUniform(float* out, int64_t n, float low, float high,
+                      uint64_t seed, uint64_t stream, uint64_t offset,
+                      void* cuda_stream);
 
 }  // namespace ftx::cuda
 

@@ -1,4 +1,5 @@
-// The GPU Philox stream equals the CPU one bit for bit (skips without a device).
+// The GPU Philox stream equals the CPU one bit for bit (skips without a
+// device).
 #include "kernels/base/rng_cuda.h"
 
 #include <vector>
@@ -21,8 +22,8 @@ TEST(RngCudaTest, UniformMatchesCpuBitForBit) {
   auto host = Tensor::Create(DType::kF32, {kCount});
   auto expected = Tensor::Create(DType::kF32, {kCount});
   ASSERT_TRUE(device.ok() && host.ok() && expected.ok());
-  ASSERT_EQ(cuda::LaunchFillUniform(device->data<float>(), kCount, -2, 5, 99, 3, 17,
-                                    (*gpu_ctx)->cuda_stream()),
+  ASSERT_EQ(cuda::LaunchFillUniform(device->data<float>(), kCount, -2, 5, 99, 3,
+                                    17, (*gpu_ctx)->cuda_stream()),
             0);
   ASSERT_TRUE((*gpu_ctx)->Synchronize().ok());
   ASSERT_TRUE(host->CopyFrom(*device).ok());

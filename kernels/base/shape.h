@@ -19,7 +19,8 @@ inline constexpr int kMaxRank = 4;
 class Shape {
  public:
   Shape() = default;
-  // Precondition: dims.size() <= kMaxRank (checked by the Tensor/View factories).
+  // Precondition: dims.size() <= kMaxRank (checked by the Tensor/View
+  // factories).
   Shape(std::initializer_list<int64_t> dims) {
     for (int64_t d : dims) {
       if (rank_ < kMaxRank) dims_[rank_] = d;

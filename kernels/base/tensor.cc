@@ -20,8 +20,8 @@ absl::Status CheckShape(const Shape& shape) {
         "tensor rank ", shape.rank(), " exceeds the maximum of ", kMaxRank));
   }
   if (!shape.IsValid()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor shape ", shape.ToString(), " has a negative dimension"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor shape ", shape.ToString(), " has a negative dimension"));
   }
   return absl::OkStatus();
 }
@@ -78,9 +78,8 @@ absl::StatusOr<Tensor> Tensor::Create(DType dtype, const Shape& shape,
   tensor.device_ = device;
   const size_t bytes = tensor.nbytes();
   // Always allocate at least one aligned block so data() is never null.
-  const size_t padded =
-      ((bytes == 0 ? 1 : bytes) + kTensorAlignment - 1) / kTensorAlignment *
-      kTensorAlignment;
+  const size_t padded = ((bytes == 0 ? 1 : bytes) + kTensorAlignment - 1) /
+                        kTensorAlignment * kTensorAlignment;
   switch (device.type) {
     case DeviceType::kCpu: {
       tensor.data_ = std::aligned_alloc(kTensorAlignment, padded);
@@ -135,7 +134,8 @@ absl::Status Tensor::CopyFrom(const Tensor& source) {
   if (error != 0) return CudaError(error, "cudaMemcpy");
   return absl::OkStatus();
 #else
-  return absl::UnimplementedError("CUDA copies need a build with --config=cuda");
+  return absl::UnimplementedError(
+      "CUDA copies need a build with --config=cuda");
 #endif
 }
 

@@ -1,7 +1,8 @@
 // Tensor: owning, move-only, type-erased storage of up to four dimensions.
 //
-// CPU memory is 64-byte aligned and zero-filled; CUDA memory comes from cudaMalloc
-// (only in builds with --config=cuda; otherwise creating one is UnimplementedError).
+// CPU memory is 64-byte aligned and zero-filled; CUDA memory comes from
+// cudaMalloc (only in builds with --config=cuda; otherwise creating one is
+// UnimplementedError).
 //
 // Example:
 //   FTX_ASSIGN_OR_RETURN(Tensor x, Tensor::Create(DType::kF32, {B, T, C}));
@@ -64,7 +65,8 @@ class Tensor {
     return view<T>().data();
   }
 
-  // Copies `source` (same dtype and element count, any device) into this tensor.
+  // Copies `source` (same dtype and element count, any device) into this
+  // tensor.
   absl::Status CopyFrom(const Tensor& source);
 
   // Returns a copy on `device`.

@@ -10,7 +10,8 @@ TEST(TensorTest, CreateIsZeroedAndAligned) {
   ASSERT_TRUE(tensor.ok()) << tensor.status();
   EXPECT_EQ(tensor->NumElements(), 105);
   EXPECT_EQ(tensor->nbytes(), 420u);
-  EXPECT_EQ(reinterpret_cast<uintptr_t>(tensor->raw_data()) % kTensorAlignment, 0u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(tensor->raw_data()) % kTensorAlignment,
+            0u);
   const float* data = tensor->data<float>();
   for (int i = 0; i < 105; ++i) EXPECT_EQ(data[i], 0.0f);
 }

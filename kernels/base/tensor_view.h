@@ -1,12 +1,15 @@
-// TensorView<T>: a non-owning, strided view of up to four dimensions on one device.
+// TensorView<T>: a non-owning, strided view of up to four dimensions on one
+// device.
 //
-// Strides are in elements. Views are cheap to copy and never allocate; Slice and Select
-// return views of the same memory. Kernels take raw pointers, sizes and strides; the
-// op façades turn views into those with AsMatrix (rows of the last axis).
+// Strides are in elements. Views are cheap to copy and never allocate; Slice
+// and Select return views of the same memory. Kernels take raw pointers, sizes
+// and strides; the op façades turn views into those with AsMatrix (rows of the
+// last axis).
 //
 // Example:
 //   TensorView<float> qkv(ptr, {N, L, 3 * H * E});
-//   TensorView<float> q = qkv.Slice(2, 0, H * E);   // strided view of the Q part
+//   TensorView<float> q = qkv.Slice(2, 0, H * E);   // strided view of the Q
+//   part
 #ifndef FTX_KERNELS_BASE_TENSOR_VIEW_H_
 #define FTX_KERNELS_BASE_TENSOR_VIEW_H_
 
@@ -70,7 +73,8 @@ class TensorView {
   bool IsContiguous() const {
     const Strides expected = ContiguousStrides(shape_);
     for (int axis = 0; axis < rank(); ++axis) {
-      if (shape_.dim(axis) != 1 && strides_[axis] != expected[axis]) return false;
+      if (shape_.dim(axis) != 1 && strides_[axis] != expected[axis])
+        return false;
     }
     return true;
   }
@@ -134,8 +138,9 @@ class TensorView {
   Device device_;
 };
 
-// A view as rows of its last axis: rows = product of the leading dimensions, all rows
-// `row_stride` apart. Only possible when the leading axes collapse to one stride.
+// A view as rows of its last axis: rows = product of the leading dimensions,
+// all rows `row_stride` apart. Only possible when the leading axes collapse to
+// one stride.
 template <typename T>
 struct MatrixView {
   T* data = nullptr;
@@ -152,12 +157,14 @@ template <typename T>
 bool LeadingAxesCollapse(const TensorView<T>& view) {
   for (int axis = 0; axis + 2 < view.rank(); ++axis) {
     if (view.dim(axis + 1) == 1 || view.dim(axis) == 1) continue;
-    if (view.stride(axis) != view.stride(axis + 1) * view.dim(axis + 1)) return false;
+    if (view.stride(axis) != view.stride(axis + 1) * view.dim(axis + 1))
+      return false;
   }
   return true;
 }
 
-// Precondition: LeadingAxesCollapse(view) (the façades check it and return a Status).
+// Precondition: LeadingAxesCollapse(view) (the façades check it and return a
+// Status).
 template <typename T>
 MatrixView<T> AsMatrix(const TensorView<T>& view) {
   MatrixView<T> m;

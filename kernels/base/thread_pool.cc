@@ -9,14 +9,16 @@ namespace {
 thread_local bool in_parallel_region = false;
 
 // Chunk `index` of `chunks` equal parts of [0, n).
-void ChunkBounds(int64_t n, int chunks, int index, int64_t* begin, int64_t* end) {
+void ChunkBounds(int64_t n, int chunks, int index, int64_t* begin,
+                 int64_t* end) {
   *begin = n * index / chunks;
   *end = n * (index + 1) / chunks;
 }
 
 }  // namespace
 
-ThreadPool::ThreadPool(int num_threads) : num_threads_(std::max(1, num_threads)) {
+ThreadPool::ThreadPool(int num_threads)
+    : num_threads_(std::max(1, num_threads)) {
   for (int i = 1; i < num_threads_; ++i) {
     workers_.emplace_back([this, i] { WorkerLoop(i); });
   }
@@ -40,7 +42,8 @@ void ThreadPool::WorkerLoop(int worker_index) {
     int chunks;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      work_ready_.wait(lock, [&] { return stopping_ || generation_ != seen_generation; });
+      work_ready_.wait(
+          lock, [&] { return stopping_ || generation_ != seen_generation; });
       if (stopping_) return;
       seen_generation = generation_;
       body = body_;
@@ -61,8 +64,10 @@ void ThreadPool::ParallelFor(int64_t n,
                              const std::function<void(int64_t, int64_t)>& body,
                              int64_t min_chunk) const {
   if (n <= 0) return;
-  const int64_t max_chunks = std::max<int64_t>(1, n / std::max<int64_t>(1, min_chunk));
-  const int chunks = static_cast<int>(std::min<int64_t>(num_threads_, max_chunks));
+  const int64_t max_chunks =
+      std::max<int64_t>(1, n / std::max<int64_t>(1, min_chunk));
+  const int chunks =
+      static_cast<int>(std::min<int64_t>(num_threads_, max_chunks));
   if (chunks == 1 || in_parallel_region) {
     body(0, n);
     return;

@@ -1,8 +1,9 @@
-// A small fixed-size thread pool for data-parallel loops (Highway 1.0.3 has none).
+// A small fixed-size thread pool for data-parallel loops (Highway 1.0.3 has
+// none).
 //
-// ParallelFor splits [0, n) into contiguous chunks, one per thread; the calling thread
-// runs the first chunk. Calls from inside a ParallelFor body run inline, so nested loops never
-// deadlock.
+// ParallelFor splits [0, n) into contiguous chunks, one per thread; the calling
+// thread runs the first chunk. Calls from inside a ParallelFor body run inline,
+// so nested loops never deadlock.
 //
 // Example:
 //   pool.ParallelFor(rows, [&](int64_t begin, int64_t end) { ... });
@@ -28,8 +29,8 @@ class ThreadPool {
 
   int num_threads() const { return num_threads_; }
 
-  // Runs body(begin, end) over disjoint chunks covering [0, n). Chunks hold at least
-  // `min_chunk` items, so tiny loops stay on one thread.
+  // Runs body(begin, end) over disjoint chunks covering [0, n). Chunks hold at
+  // least `min_chunk` items, so tiny loops stay on one thread.
   void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& body,
                    int64_t min_chunk = 1) const;
 

@@ -35,7 +35,8 @@ TEST(ThreadPoolTest, NestedCallsRunInline) {
 TEST(ThreadPoolTest, MinChunkKeepsSmallLoopsOnOneThread) {
   ThreadPool pool(4);
   std::atomic<int> calls{0};
-  pool.ParallelFor(10, [&](int64_t, int64_t) { calls++; }, 100);
+  pool.ParallelFor(
+      10, [&](int64_t, int64_t) { calls++; }, 100);
   EXPECT_EQ(calls.load(), 1);
 }
 
@@ -43,7 +44,8 @@ TEST(ThreadPoolTest, ManyRoundsDoNotLoseWork) {
   ThreadPool pool(2);
   std::atomic<int64_t> total{0};
   for (int round = 0; round < 2000; ++round) {
-    pool.ParallelFor(16, [&](int64_t begin, int64_t end) { total += end - begin; });
+    pool.ParallelFor(16,
+                     [&](int64_t begin, int64_t end) { total += end - begin; });
   }
   EXPECT_EQ(total.load(), 2000 * 16);
 }
