@@ -6,6 +6,7 @@ FTX_COPTS = [
     "-Wextra",
     "-Wno-unused-parameter",
     "-Wno-sign-compare",
+    "-Wno-missing-field-initializers",
     "-Wswitch",
     "-Werror=return-type",
 ]
