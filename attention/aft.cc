@@ -17,17 +17,17 @@ namespace {
 constexpr uint64_t kUStream = 0xAF70;
 constexpr uint64_t kVStream = 0xAF71;
 
-// aft-full cache: saved[0] = position bias w [L, S] (masks folded in);
-// saved[1] = the weighted averages A [N, L, H, D] (out = sigmoid(Q) * A);
-// saved[2] = the log-normalisers max + log(sum exp) [N, L, H, D] of each
-// softmax.
+// aft-full cache:
+//   saved[0] = position bias w [L, S] (masks folded in);
+//   saved[1] = weighted averages A [N, L, H, D] (out = sigmoid(Q) * A);
+//   saved[2] = log-normalisers max + log(sum exp) [N, L, H, D].
 constexpr int kBias = 0;
 constexpr int kAverages = 1;
 constexpr int kLogNormalizers = 2;
 
-// aft-simple cache, non-causal: saved[0] = A [N, H, D], saved[1] =
-// log-normalisers [N, H, D]; causal: saved[0] = W [N, S, H, D], saved[1] = A
-// [N, L, H, D].
+// aft-simple cache:
+//   non-causal: saved[0] = A [N, H, D], saved[1] = log-normalisers [N, H, D];
+//   causal:     saved[0] = W [N, S, H, D], saved[1] = A [N, L, H, D].
 constexpr int kSimpleFirst = 0;
 constexpr int kSimpleSecond = 1;
 
@@ -57,8 +57,7 @@ T* Row(const TensorView<T>& view, int64_t n, int64_t t, int64_t h) {
   return &view.at(n, t, h, 0);
 }
 
-// d_out * sigmoid(q) (the gradient of the average) and d_q, for one (n, l, h)
-// row.
+// For one (n, l, h) row: d_average = d_out * sigmoid(q), and d_q unless null.
 void GateBackward(const float* q, const float* d_out, const float* average,
                   int64_t D, float* d_average, float* d_q) {
   for (int64_t d = 0; d < D; ++d) {
@@ -75,8 +74,7 @@ absl::StatusOr<std::unique_ptr<AftFullAttention>> AftFullAttention::Create(
   if (options.max_sequence_length < 1 || options.aft_parameterization < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "AftFullAttention: max_sequence_length and aft_parameterization must "
-        "be >= 1, "
-        "got ",
+        "be >= 1, got ",
         options.max_sequence_length, " and ", options.aft_parameterization));
   }
   std::unique_ptr<AftFullAttention> attention(new AftFullAttention(options));
@@ -162,8 +160,7 @@ absl::Status AftFullAttention::Forward(const Context& ctx,
                         h = r % H;
           const float* w = bias + l * S;
           const int64_t valid_keys = inputs.key_lengths.Length(n, S);
-          // Pass 1: per-channel max of the logits K[s, d] * w[s] over usable
-          // keys.
+          // Pass 1: per-channel max of the logits K[s, d] * w[s].
           std::fill(row_max.begin(), row_max.end(), kNegativeInfinity);
           for (int64_t s = 0; s < valid_keys; ++s) {
             if (w[s] == kNegativeInfinity) continue;
@@ -215,8 +212,7 @@ absl::Status AftFullAttention::Backward(const Context& ctx,
       cache.saved[kAverages].shape() != per_channel) {
     return absl::FailedPreconditionError(
         "AftFullAttentionBackward: the cache does not come from a Forward with "
-        "these "
-        "inputs (pass a cache to Forward)");
+        "these inputs (pass a cache to Forward)");
   }
   const float* bias = cache.saved[kBias].data<float>();
   const TensorView<const float> averages = cache.saved[kAverages].view<float>();
@@ -225,9 +221,9 @@ absl::Status AftFullAttention::Backward(const Context& ctx,
   const int64_t L = dims.queries, S = dims.keys, H = dims.heads,
                 D = dims.value_dim;
 
-  // The softmax weight of key s for (n, l, h, d) is exp(K * w -
-  // log_normalizer); d_logit = d_A * p * (V - A) for A = sum_s p V. Pass 1, per
-  // (n, h): d_Q, d_K (= sum_l d_logit w), d_V (= sum_l d_A p).
+  // Key s weighs p = exp(K * w - log_normalizer) in (n, l, h, d), and
+  // d_logit = d_A * p * (V - A) for A = sum_s p V.
+  // Pass 1, per (n, h): d_Q, d_K = sum_l d_logit w, d_V = sum_l d_A p.
   ctx.pool().ParallelFor(dims.batch * H, [&](int64_t begin, int64_t end) {
     std::vector<float> d_average(D);
     for (int64_t pair = begin; pair < end; ++pair) {
@@ -314,8 +310,7 @@ absl::StatusOr<bool> SimpleIsCausal(absl::string_view op,
     return absl::InvalidArgumentError(
         absl::StrCat(op,
                      ": attn_mask must be all-ones or causal with offset 0 "
-                     "(general masks would "
-                     "make it quadratic; use aft-full)"));
+                     "(general masks would make it quadratic; use aft-full)"));
   }
   if (dims.queries != dims.keys) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -444,8 +439,7 @@ absl::Status AftSimpleAttention::Backward(const Context& ctx,
       cache.saved[kSimpleFirst].shape() != first_shape) {
     return absl::FailedPreconditionError(
         "AftSimpleAttentionBackward: the cache does not come from a Forward "
-        "with these "
-        "inputs (pass a cache to Forward)");
+        "with these inputs (pass a cache to Forward)");
   }
   const TensorView<const float> first = cache.saved[kSimpleFirst].view<float>();
   const TensorView<const float> second =
@@ -459,8 +453,8 @@ absl::Status AftSimpleAttention::Backward(const Context& ctx,
       if (causal) {
         // With G_j = sum_{l>=j} d_A_l and dW_j = G_j V_j:
         //   d_V_j = W_j G_j,  d_K_j = W_j (dW_j - T_j),
-        //   T_j = dW_j W_j + (1 - W_{j+1}) T_{j+1}   (e_j / c_s = W_j prod (1 -
-        //   W_i)).
+        //   T_j = dW_j W_j + (1 - W_{j+1}) T_{j+1},
+        // from e_j / c_s = W_j prod_{j<i<=s} (1 - W_i), c_s = sum_{i<=s} e_i.
         std::fill(suffix.begin(), suffix.end(), 0.0f);
         std::fill(carry.begin(), carry.end(), 0.0f);
         std::fill(next_weight.begin(), next_weight.end(), 0.0f);
@@ -519,8 +513,7 @@ AttentionSpec AftFullAttentionSpec() {
   spec.name = "aft-full";
   spec.description =
       "Attention Free Transformer with a learned low-rank position bias, O(L S "
-      "D) "
-      "(Zhai et al. 2021; fast-transformers AFTFullAttention)";
+      "D) (Zhai et al. 2021; fast-transformers AFTFullAttention)";
   spec.options = {
       {"max_sequence_length", OptionType::kInt, OptionValue(int64_t{1024}),
        "rows of the position-bias factors u, v (longest L and S)"},
@@ -546,8 +539,7 @@ AttentionSpec AftSimpleAttentionSpec() {
   spec.name = "aft-simple";
   spec.description =
       "Attention Free Transformer without position bias, O(L D) (Zhai et al. "
-      "2021; "
-      "fast-transformers AFTSimpleAttention)";
+      "2021; fast-transformers AFTSimpleAttention)";
   spec.factory = [](const AttentionOptions&,
                     std::vector<std::unique_ptr<Attention>>)
       -> absl::StatusOr<std::unique_ptr<Attention>> {

@@ -5,10 +5,10 @@
 // every product is elementwise per channel d, so a query gets its own weights
 // per channel.
 //
-// aft-full, per (n, l, h, d):
-//   w[l, s] = u[l] . v[s] + attn_mask(l, s)           (u, v:
-//   [max_sequence_length, P]) out = sigmoid(Q[n,l,h,d]) * sum_s
-//   softmax_s(K[n,s,h,d] * w[l, s]) V[n,s,h,d].
+// aft-full, per (n, l, h, d), with u, v: [max_sequence_length, P]:
+//   w[l, s] = u[l] . v[s] + attn_mask(l, s)
+//   out     = sigmoid(Q[n,l,h,d]) * sum_s softmax_s(K[n,s,h,d] * w[l, s])
+//                                         V[n,s,h,d]
 // Quirk kept: the position bias MULTIPLIES the keys (the paper has exp(K + w)).
 // Where fast-transformers multiplies a -inf mask or key-length entry by w
 // (giving +-inf or NaN), ftx drops the entry instead, which is what the mask
@@ -17,10 +17,11 @@
 // `seed`; L and S must not exceed max_sequence_length.
 //
 // aft-simple, per (n, h, d), no parameters, attn_mask all-ones or causal only:
-//   non-causal: out_l = sigmoid(Q_l) * sum_s softmax_s(K_s) V_s   (L may differ
-//   from S); causal (L == S, AttnMask::Causal() with offset 0):
-//     W_s = exp(K_s) / sum_{j<=s} exp(K_j),  out_l = sigmoid(Q_l) * sum_{s<=l}
-//     W_s V_s.
+//   non-causal (L may differ from S):
+//     out_l = sigmoid(Q_l) * sum_s softmax_s(K_s) V_s
+//   causal (L == S, AttnMask::Causal() with offset 0):
+//     W_s   = exp(K_s) / sum_{j<=s} exp(K_j)
+//     out_l = sigmoid(Q_l) * sum_{s<=l} W_s V_s
 // Quirk kept: W_s is normalised over the prefix up to s, not up to l, so this
 // is not the prefix softmax of the paper. fast-transformers evaluates W with
 // one max over the whole sequence, which underflows to 0/0 for long or

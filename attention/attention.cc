@@ -8,18 +8,21 @@ namespace ftx {
 namespace {
 
 absl::Status CheckRank4(absl::string_view op, absl::string_view name,
-                        const TensorView<const float>& view, const Context& ctx) {
+                        const TensorView<const float>& view,
+                        const Context& ctx) {
   if (view.rank() != 4) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": ", name, " must have rank 4, got shape ", view.shape().ToString()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", name, " must have rank 4, got shape ",
+                     view.shape().ToString()));
   }
   if (view.data() == nullptr && view.NumElements() > 0) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": ", name, " has null data"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", name, " has null data"));
   }
   if (view.device().type != ctx.device().type) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": ", name, " is on ", DeviceTypeName(view.device().type),
-                     " but the context is ", DeviceTypeName(ctx.device().type)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": ", name, " is on ", DeviceTypeName(view.device().type),
+        " but the context is ", DeviceTypeName(ctx.device().type)));
   }
   if (view.stride(3) != 1 && view.dim(3) > 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -29,21 +32,21 @@ absl::Status CheckRank4(absl::string_view op, absl::string_view name,
 }
 
 absl::Status CheckShape(absl::string_view op, absl::string_view name,
-                        const TensorView<const float>& view, const Shape& expected) {
+                        const TensorView<const float>& view,
+                        const Shape& expected) {
   if (view.shape() != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": ", name, " has shape ",
-                                                   view.shape().ToString(), ", expected ",
-                                                   expected.ToString()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", name, " has shape ", view.shape().ToString(),
+                     ", expected ", expected.ToString()));
   }
   return absl::OkStatus();
 }
 
 }  // namespace
 
-absl::StatusOr<AttentionDims> ValidateAttentionForward(absl::string_view op,
-                                                       const Context& ctx,
-                                                       const AttentionInputs& inputs,
-                                                       TensorView<float> out) {
+absl::StatusOr<AttentionDims> ValidateAttentionForward(
+    absl::string_view op, const Context& ctx, const AttentionInputs& inputs,
+    TensorView<float> out) {
   FTX_RETURN_IF_ERROR(CheckRank4(op, "queries", inputs.queries, ctx));
   FTX_RETURN_IF_ERROR(CheckRank4(op, "keys", inputs.keys, ctx));
   FTX_RETURN_IF_ERROR(CheckRank4(op, "values", inputs.values, ctx));
@@ -55,15 +58,17 @@ absl::StatusOr<AttentionDims> ValidateAttentionForward(absl::string_view op,
   dims.qk_dim = inputs.queries.dim(3);
   dims.keys = inputs.keys.dim(1);
   dims.value_dim = inputs.values.dim(3);
-  FTX_RETURN_IF_ERROR(CheckShape(op, "keys", inputs.keys,
-                                 {dims.batch, dims.keys, dims.heads, dims.qk_dim}));
-  FTX_RETURN_IF_ERROR(CheckShape(op, "values", inputs.values,
-                                 {dims.batch, dims.keys, dims.heads, dims.value_dim}));
-  FTX_RETURN_IF_ERROR(CheckShape(op, "out", out,
-                                 {dims.batch, dims.queries, dims.heads, dims.value_dim}));
-  FTX_RETURN_IF_ERROR(inputs.attn_mask.Validate(op, dims.queries, dims.keys));
   FTX_RETURN_IF_ERROR(
-      inputs.query_lengths.Validate(op, "query_lengths", dims.batch, dims.queries));
+      CheckShape(op, "keys", inputs.keys,
+                 {dims.batch, dims.keys, dims.heads, dims.qk_dim}));
+  FTX_RETURN_IF_ERROR(
+      CheckShape(op, "values", inputs.values,
+                 {dims.batch, dims.keys, dims.heads, dims.value_dim}));
+  FTX_RETURN_IF_ERROR(CheckShape(
+      op, "out", out, {dims.batch, dims.queries, dims.heads, dims.value_dim}));
+  FTX_RETURN_IF_ERROR(inputs.attn_mask.Validate(op, dims.queries, dims.keys));
+  FTX_RETURN_IF_ERROR(inputs.query_lengths.Validate(op, "query_lengths",
+                                                    dims.batch, dims.queries));
   FTX_RETURN_IF_ERROR(
       inputs.key_lengths.Validate(op, "key_lengths", dims.batch, dims.keys));
   return dims;
@@ -75,17 +80,19 @@ absl::StatusOr<AttentionDims> ValidateAttentionBackward(
   FTX_RETURN_IF_ERROR(CheckRank4(op, "d_out", d_out, ctx));
   FTX_ASSIGN_OR_RETURN(
       AttentionDims dims,
-      ValidateAttentionForward(op, ctx, inputs,
-                               TensorView<float>(const_cast<float*>(d_out.data()),
-                                                 d_out.shape(), d_out.strides(),
-                                                 d_out.device())));
+      ValidateAttentionForward(
+          op, ctx, inputs,
+          TensorView<float>(const_cast<float*>(d_out.data()), d_out.shape(),
+                            d_out.strides(), d_out.device())));
   FTX_RETURN_IF_ERROR(CheckRank4(op, "d_queries", grads.d_queries, ctx));
   FTX_RETURN_IF_ERROR(CheckRank4(op, "d_keys", grads.d_keys, ctx));
   FTX_RETURN_IF_ERROR(CheckRank4(op, "d_values", grads.d_values, ctx));
   FTX_RETURN_IF_ERROR(
       CheckShape(op, "d_queries", grads.d_queries, inputs.queries.shape()));
-  FTX_RETURN_IF_ERROR(CheckShape(op, "d_keys", grads.d_keys, inputs.keys.shape()));
-  FTX_RETURN_IF_ERROR(CheckShape(op, "d_values", grads.d_values, inputs.values.shape()));
+  FTX_RETURN_IF_ERROR(
+      CheckShape(op, "d_keys", grads.d_keys, inputs.keys.shape()));
+  FTX_RETURN_IF_ERROR(
+      CheckShape(op, "d_values", grads.d_values, inputs.values.shape()));
   return dims;
 }
 

@@ -11,10 +11,10 @@ namespace ftx {
 namespace {
 
 enum Saved : int {
-  kQueries,         // [N, L, H, E] after the Q/K transform
-  kKeys,            // [N, S, Hkv, E] after the Q/K transform
-  kValues,          // [N, S, Hkv, D]
-  kExpandedKeys,    // [N, M + S, H, E] when memory kv or shared kv heads are used
+  kQueries,       // [N, L, H, E] after the Q/K transform
+  kKeys,          // [N, S, Hkv, E] after the Q/K transform
+  kValues,        // [N, S, Hkv, D]
+  kExpandedKeys,  // [N, M + S, H, E] when memory kv or shared kv heads are used
   kExpandedValues,  // [N, M + S, H, D]
   kAttended,        // [N, L, H, D], inner attention output
   kSavedCount
@@ -41,9 +41,9 @@ TensorView<const float> MergeHeads(TensorView<const float> view) {
 absl::Status CheckParam(const char* name, const TensorView<const float>& view,
                         const Shape& expected) {
   if (view.shape() != expected || view.data() == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("AttentionLayer: parameter ", name,
-                                                   " must be ", expected.ToString(),
-                                                   ", got ", view.shape().ToString()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("AttentionLayer: parameter ", name, " must be ",
+                     expected.ToString(), ", got ", view.shape().ToString()));
   }
   return absl::OkStatus();
 }
@@ -52,8 +52,8 @@ absl::Status CheckParam(const char* name, const TensorView<const float>& view,
 // compact[n, s, h % kv_heads]. memory may be empty (M = 0).
 void ExpandHeads(const Context& ctx, TensorView<const float> compact,
                  TensorView<const float> memory, TensorView<float> expanded) {
-  const int64_t N = expanded.dim(0), total = expanded.dim(1), H = expanded.dim(2),
-                X = expanded.dim(3);
+  const int64_t N = expanded.dim(0), total = expanded.dim(1),
+                H = expanded.dim(2), X = expanded.dim(3);
   const int64_t M = memory.data() == nullptr ? 0 : memory.dim(1);
   const int64_t kv_heads = compact.dim(2);
   ctx.pool().ParallelFor(N * total, [&](int64_t begin, int64_t end) {
@@ -71,7 +71,8 @@ void ExpandHeads(const Context& ctx, TensorView<const float> compact,
 // Reverse of ExpandHeads: compact (=) and memory (+=) gradients.
 void CollapseHeads(const Context& ctx, TensorView<const float> d_expanded,
                    TensorView<float> d_compact, TensorView<float> d_memory) {
-  const int64_t N = d_expanded.dim(0), H = d_expanded.dim(2), X = d_expanded.dim(3);
+  const int64_t N = d_expanded.dim(0), H = d_expanded.dim(2),
+                X = d_expanded.dim(3);
   const int64_t M = d_memory.data() == nullptr ? 0 : d_memory.dim(1);
   const int64_t S = d_compact.dim(1), kv_heads = d_compact.dim(2);
   ctx.pool().ParallelFor(N * S, [&](int64_t begin, int64_t end) {
@@ -105,13 +106,14 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> AttentionLayer::Create(
     const AttentionLayerConfig& config, std::unique_ptr<Attention> inner,
     std::unique_ptr<QKTransform> qk_transform) {
   if (inner == nullptr) {
-    return absl::InvalidArgumentError("AttentionLayer: inner attention is null");
+    return absl::InvalidArgumentError(
+        "AttentionLayer: inner attention is null");
   }
   AttentionLayerConfig resolved = config;
   if (config.d_model <= 0 || config.n_heads <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "AttentionLayer: d_model and n_heads must be positive, got ", config.d_model,
-        " and ", config.n_heads));
+        "AttentionLayer: d_model and n_heads must be positive, got ",
+        config.d_model, " and ", config.n_heads));
   }
   if ((config.d_keys == 0 || config.d_values == 0) &&
       config.d_model % config.n_heads != 0) {
@@ -121,7 +123,8 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> AttentionLayer::Create(
                      "; set d_keys and d_values"));
   }
   if (resolved.d_keys == 0) resolved.d_keys = config.d_model / config.n_heads;
-  if (resolved.d_values == 0) resolved.d_values = config.d_model / config.n_heads;
+  if (resolved.d_values == 0)
+    resolved.d_values = config.d_model / config.n_heads;
   if (resolved.kv_heads == 0) resolved.kv_heads = config.n_heads;
   if (resolved.d_model_keys == 0) resolved.d_model_keys = config.d_model;
   if (resolved.kv_heads < 0 || config.n_heads % resolved.kv_heads != 0) {
@@ -129,7 +132,8 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> AttentionLayer::Create(
         absl::StrCat("AttentionLayer: n_heads ", config.n_heads,
                      " must be a multiple of kv_heads ", resolved.kv_heads));
   }
-  if (resolved.d_keys < 0 || resolved.d_values < 0 || resolved.num_memory_kv < 0) {
+  if (resolved.d_keys < 0 || resolved.d_values < 0 ||
+      resolved.num_memory_kv < 0) {
     return absl::InvalidArgumentError(
         "AttentionLayer: d_keys, d_values and num_memory_kv must be >= 0");
   }
@@ -140,7 +144,8 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> AttentionLayer::Create(
 std::vector<ParamShape> AttentionLayer::ParamShapes() const {
   const AttentionLayerConfig& c = config_;
   const int64_t q_width = c.n_heads * c.d_keys, k_width = c.kv_heads * c.d_keys,
-                v_width = c.kv_heads * c.d_values, o_width = c.n_heads * c.d_values;
+                v_width = c.kv_heads * c.d_values,
+                o_width = c.n_heads * c.d_values;
   std::vector<ParamShape> shapes = {
       {"query_projection.weight", {q_width, c.d_model}},
       {"key_projection.weight", {k_width, c.d_model_keys}},
@@ -154,7 +159,8 @@ std::vector<ParamShape> AttentionLayer::ParamShapes() const {
   }
   if (c.num_memory_kv > 0) {
     shapes.push_back({"memory_keys", {c.n_heads, c.num_memory_kv, c.d_keys}});
-    shapes.push_back({"memory_values", {c.n_heads, c.num_memory_kv, c.d_values}});
+    shapes.push_back(
+        {"memory_values", {c.n_heads, c.num_memory_kv, c.d_values}});
   }
   return shapes;
 }
@@ -163,12 +169,14 @@ AttentionInputs AttentionLayer::InnerInputs(const AttentionLayerCache& cache,
                                             const AttentionLayerMasks& masks,
                                             int64_t batch, int64_t queries,
                                             int64_t keys) const {
-  const bool expanded = config_.num_memory_kv > 0 || config_.kv_heads != config_.n_heads;
+  const bool expanded =
+      config_.num_memory_kv > 0 || config_.kv_heads != config_.n_heads;
   const int64_t M = config_.num_memory_kv;
   AttentionInputs inputs;
   inputs.queries = cache.saved[kQueries].view<float>();
   inputs.keys = cache.saved[expanded ? kExpandedKeys : kKeys].view<float>();
-  inputs.values = cache.saved[expanded ? kExpandedValues : kValues].view<float>();
+  inputs.values =
+      cache.saved[expanded ? kExpandedValues : kValues].view<float>();
   inputs.query_lengths = masks.query_lengths;
   inputs.key_lengths = masks.key_lengths;
   for (int64_t& length : inputs.key_lengths.lengths) length += M;
@@ -182,8 +190,9 @@ AttentionInputs AttentionLayer::InnerInputs(const AttentionLayerCache& cache,
       inputs.attn_mask = AttnMask::Causal(masks.attn_mask.causal_offset() + M);
       break;
     case AttnMask::Kind::kAdditive:
-      inputs.attn_mask = M == 0 ? masks.attn_mask
-                                : AttnMask::Additive(padded_mask_.view<float>());
+      inputs.attn_mask = M == 0
+                             ? masks.attn_mask
+                             : AttnMask::Additive(padded_mask_.view<float>());
       break;
   }
   return inputs;
@@ -194,7 +203,8 @@ absl::Status AttentionLayer::Forward(const Context& ctx,
                                      TensorView<const float> x,
                                      TensorView<const float> context,
                                      const AttentionLayerMasks& masks,
-                                     TensorView<float> out, AttentionLayerCache* cache) {
+                                     TensorView<float> out,
+                                     AttentionLayerCache* cache) {
   const AttentionLayerConfig& c = config_;
   const bool self_attention = context.data() == nullptr;
   const TensorView<const float> source = self_attention ? x : context;
@@ -202,30 +212,37 @@ absl::Status AttentionLayer::Forward(const Context& ctx,
       source.dim(2) != (self_attention ? c.d_model : c.d_model_keys) ||
       source.dim(0) != x.dim(0) || out.shape() != x.shape()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "AttentionLayer: expected x and out [N, L, ", c.d_model, "] and context [N, S, ",
-        c.d_model_keys, "]; got x ", x.shape().ToString(), ", context ",
-        context.shape().ToString(), ", out ", out.shape().ToString()));
+        "AttentionLayer: expected x and out [N, L, ", c.d_model,
+        "] and context [N, S, ", c.d_model_keys, "]; got x ",
+        x.shape().ToString(), ", context ", context.shape().ToString(),
+        ", out ", out.shape().ToString()));
   }
   const int64_t N = x.dim(0), L = x.dim(1), S = source.dim(1), H = c.n_heads,
-                Hkv = c.kv_heads, E = c.d_keys, D = c.d_values, M = c.num_memory_kv;
+                Hkv = c.kv_heads, E = c.d_keys, D = c.d_values,
+                M = c.num_memory_kv;
   FTX_RETURN_IF_ERROR(CheckParam("query_projection.weight", params.query_weight,
                                  {H * E, c.d_model}));
   FTX_RETURN_IF_ERROR(CheckParam("key_projection.weight", params.key_weight,
                                  {Hkv * E, source.dim(2)}));
   FTX_RETURN_IF_ERROR(CheckParam("value_projection.weight", params.value_weight,
                                  {Hkv * D, source.dim(2)}));
-  FTX_RETURN_IF_ERROR(
-      CheckParam("out_projection.weight", params.out_weight, {c.d_model, H * D}));
+  FTX_RETURN_IF_ERROR(CheckParam("out_projection.weight", params.out_weight,
+                                 {c.d_model, H * D}));
   if (c.bias) {
-    FTX_RETURN_IF_ERROR(CheckParam("query_projection.bias", params.query_bias, {H * E}));
-    FTX_RETURN_IF_ERROR(CheckParam("key_projection.bias", params.key_bias, {Hkv * E}));
+    FTX_RETURN_IF_ERROR(
+        CheckParam("query_projection.bias", params.query_bias, {H * E}));
+    FTX_RETURN_IF_ERROR(
+        CheckParam("key_projection.bias", params.key_bias, {Hkv * E}));
     FTX_RETURN_IF_ERROR(
         CheckParam("value_projection.bias", params.value_bias, {Hkv * D}));
-    FTX_RETURN_IF_ERROR(CheckParam("out_projection.bias", params.out_bias, {c.d_model}));
+    FTX_RETURN_IF_ERROR(
+        CheckParam("out_projection.bias", params.out_bias, {c.d_model}));
   }
   if (M > 0) {
-    FTX_RETURN_IF_ERROR(CheckParam("memory_keys", params.memory_keys, {H, M, E}));
-    FTX_RETURN_IF_ERROR(CheckParam("memory_values", params.memory_values, {H, M, D}));
+    FTX_RETURN_IF_ERROR(
+        CheckParam("memory_keys", params.memory_keys, {H, M, E}));
+    FTX_RETURN_IF_ERROR(
+        CheckParam("memory_values", params.memory_values, {H, M, D}));
   }
   const bool expanded = M > 0 || Hkv != H;
 
@@ -241,18 +258,19 @@ absl::Status AttentionLayer::Forward(const Context& ctx,
   TensorView<float> queries = saved.saved[kQueries].view<float>();
   TensorView<float> keys = saved.saved[kKeys].view<float>();
   TensorView<float> values = saved.saved[kValues].view<float>();
-  FTX_RETURN_IF_ERROR(
-      LinearForward(ctx, x, params.query_weight, params.query_bias, MergeHeads(queries)));
-  FTX_RETURN_IF_ERROR(
-      LinearForward(ctx, source, params.key_weight, params.key_bias, MergeHeads(keys)));
-  FTX_RETURN_IF_ERROR(LinearForward(ctx, source, params.value_weight, params.value_bias,
-                                    MergeHeads(values)));
+  FTX_RETURN_IF_ERROR(LinearForward(ctx, x, params.query_weight,
+                                    params.query_bias, MergeHeads(queries)));
+  FTX_RETURN_IF_ERROR(LinearForward(ctx, source, params.key_weight,
+                                    params.key_bias, MergeHeads(keys)));
+  FTX_RETURN_IF_ERROR(LinearForward(ctx, source, params.value_weight,
+                                    params.value_bias, MergeHeads(values)));
   if (qk_transform_ != nullptr) {
     FTX_RETURN_IF_ERROR(qk_transform_->Forward(ctx, queries, 0));
     FTX_RETURN_IF_ERROR(qk_transform_->Forward(ctx, keys, 0));
   }
   if (expanded) {
-    ExpandHeads(ctx, keys, params.memory_keys, saved.saved[kExpandedKeys].view<float>());
+    ExpandHeads(ctx, keys, params.memory_keys,
+                saved.saved[kExpandedKeys].view<float>());
     ExpandHeads(ctx, values, params.memory_values,
                 saved.saved[kExpandedValues].view<float>());
   }
@@ -268,35 +286,37 @@ absl::Status AttentionLayer::Forward(const Context& ctx,
   }
   const AttentionInputs inputs = InnerInputs(saved, masks, N, L, S);
   TensorView<float> attended = saved.saved[kAttended].view<float>();
-  FTX_RETURN_IF_ERROR(inner_->Forward(ctx, inputs, attended,
-                                      cache != nullptr ? &saved.inner : nullptr));
+  FTX_RETURN_IF_ERROR(inner_->Forward(
+      ctx, inputs, attended, cache != nullptr ? &saved.inner : nullptr));
   return LinearForward(ctx, MergeHeads(TensorView<const float>(attended)),
                        params.out_weight, params.out_bias, out);
 }
 
 absl::Status AttentionLayer::Backward(
-    const Context& ctx, const AttentionLayerParams& params, TensorView<const float> x,
-    TensorView<const float> context, const AttentionLayerMasks& masks,
-    const AttentionLayerCache& cache, TensorView<const float> d_out,
-    TensorView<float> d_x, TensorView<float> d_context,
-    const AttentionLayerGrads& grads) {
+    const Context& ctx, const AttentionLayerParams& params,
+    TensorView<const float> x, TensorView<const float> context,
+    const AttentionLayerMasks& masks, const AttentionLayerCache& cache,
+    TensorView<const float> d_out, TensorView<float> d_x,
+    TensorView<float> d_context, const AttentionLayerGrads& grads) {
   const AttentionLayerConfig& c = config_;
   const bool self_attention = context.data() == nullptr;
   const TensorView<const float> source = self_attention ? x : context;
   const int64_t N = x.dim(0), L = x.dim(1), S = source.dim(1), H = c.n_heads,
-                Hkv = c.kv_heads, E = c.d_keys, D = c.d_values, M = c.num_memory_kv;
+                Hkv = c.kv_heads, E = c.d_keys, D = c.d_values,
+                M = c.num_memory_kv;
   if (cache.saved.size() != kSavedCount ||
       cache.saved[kAttended].shape() != Shape{N, L, H, D} ||
       cache.saved[kKeys].shape() != Shape{N, S, Hkv, E}) {
     return absl::FailedPreconditionError(
-        "AttentionLayer::Backward: the cache does not come from a Forward with these "
+        "AttentionLayer::Backward: the cache does not come from a Forward with "
+        "these "
         "inputs (pass a cache to Forward)");
   }
   if (d_out.shape() != x.shape() || d_x.shape() != x.shape() ||
       (!self_attention && d_context.shape() != context.shape())) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "AttentionLayer::Backward: d_out and d_x must be ", x.shape().ToString(),
-        " and d_context ", context.shape().ToString()));
+        "AttentionLayer::Backward: d_out and d_x must be ",
+        x.shape().ToString(), " and d_context ", context.shape().ToString()));
   }
   const bool expanded = M > 0 || Hkv != H;
   grad_scratch_.resize(kGradScratchCount);
@@ -304,7 +324,8 @@ absl::Status AttentionLayer::Backward(
                                            {N, M + S, H, E}, {N, M + S, H, D},
                                            {N, S, Hkv, E},   {N, S, Hkv, D}};
   for (int i = 0; i < kGradScratchCount; ++i) {
-    FTX_RETURN_IF_ERROR(EnsureTensor(grad_scratch_[i], shapes[i], ctx.device()));
+    FTX_RETURN_IF_ERROR(
+        EnsureTensor(grad_scratch_[i], shapes[i], ctx.device()));
   }
   TensorView<float> d_attended = grad_scratch_[kAttendedGrad].view<float>();
   TensorView<float> d_queries = grad_scratch_[kQueriesGrad].view<float>();
@@ -313,8 +334,8 @@ absl::Status AttentionLayer::Backward(
 
   // out = merge(attended) Wo^T + bo.
   FTX_RETURN_IF_ERROR(LinearBackward(
-      ctx, MergeHeads(cache.saved[kAttended].view<float>()), params.out_weight, d_out,
-      MergeHeads(d_attended), grads.out_weight, grads.out_bias));
+      ctx, MergeHeads(cache.saved[kAttended].view<float>()), params.out_weight,
+      d_out, MergeHeads(d_attended), grads.out_weight, grads.out_bias));
   const AttentionInputs inputs = InnerInputs(cache, masks, N, L, S);
   const AttentionGrads inner_grads{
       d_queries,
@@ -330,15 +351,18 @@ absl::Status AttentionLayer::Backward(
     FTX_RETURN_IF_ERROR(qk_transform_->Backward(ctx, d_queries, 0));
     FTX_RETURN_IF_ERROR(qk_transform_->Backward(ctx, d_keys, 0));
   }
-  FTX_RETURN_IF_ERROR(LinearBackward(ctx, x, params.query_weight, MergeHeads(d_queries),
-                                     d_x, grads.query_weight, grads.query_bias));
-  // Keys and values read the same source: the second adds to the first's gradient.
+  FTX_RETURN_IF_ERROR(LinearBackward(ctx, x, params.query_weight,
+                                     MergeHeads(d_queries), d_x,
+                                     grads.query_weight, grads.query_bias));
+  // Keys and values read the same source: the second adds to the first's
+  // gradient.
   const TensorView<float> d_source = self_attention ? d_x : d_context;
-  FTX_RETURN_IF_ERROR(LinearBackward(ctx, source, params.key_weight, MergeHeads(d_keys),
-                                     d_source, grads.key_weight, grads.key_bias,
-                                     {.accumulate_input_grad = self_attention}));
-  return LinearBackward(ctx, source, params.value_weight, MergeHeads(d_values), d_source,
-                        grads.value_weight, grads.value_bias,
+  FTX_RETURN_IF_ERROR(
+      LinearBackward(ctx, source, params.key_weight, MergeHeads(d_keys),
+                     d_source, grads.key_weight, grads.key_bias,
+                     {.accumulate_input_grad = self_attention}));
+  return LinearBackward(ctx, source, params.value_weight, MergeHeads(d_values),
+                        d_source, grads.value_weight, grads.value_bias,
                         {.accumulate_input_grad = true});
 }
 

@@ -1,17 +1,19 @@
 // AttentionLayer: projections around an inner attention mechanism, as
-// fast-transformers' AttentionLayer (attention/attention_layer.py) and x-transformers'
-// Attention projections:
-//   Q = x Wq^T + bq, K = c Wk^T + bk, V = c Wv^T + bv   (c = context, or x itself)
-//   heads split to [N, T, H, E]; optional Q/K transform (rotary); optional persistent
-//   memory key/values prepended (x-transformers attn_num_mem_kv); inner attention;
-//   out = concat_heads(O) Wo^T + bo.
-// Multi-query / grouped key-value heads (x-transformers one_kv_head / attn_kv_heads):
-// K and V have kv_heads heads, each shared by n_heads / kv_heads query heads.
+// fast-transformers' AttentionLayer (attention/attention_layer.py) and
+// x-transformers' Attention projections:
+//   Q = x Wq^T + bq, K = c Wk^T + bk, V = c Wv^T + bv   (c = context, or x
+//   itself) heads split to [N, T, H, E]; optional Q/K transform (rotary);
+//   optional persistent memory key/values prepended (x-transformers
+//   attn_num_mem_kv); inner attention; out = concat_heads(O) Wo^T + bo.
+// Multi-query / grouped key-value heads (x-transformers one_kv_head /
+// attn_kv_heads): K and V have kv_heads heads, each shared by n_heads /
+// kv_heads query heads.
 //
-// Parameter names follow fast-transformers' state_dict: query_projection.{weight,bias},
-// key_projection.*, value_projection.*, out_projection.*, plus memory_keys
-// [H, M, E] and memory_values [H, M, D] when num_memory_kv > 0.
-// Gradient convention: d_x and d_context written (=), parameter gradients (+=).
+// Parameter names follow fast-transformers' state_dict:
+// query_projection.{weight,bias}, key_projection.*, value_projection.*,
+// out_projection.*, plus memory_keys [H, M, E] and memory_values [H, M, D] when
+// num_memory_kv > 0. Gradient convention: d_x and d_context written (=),
+// parameter gradients (+=).
 #ifndef FTX_ATTENTION_ATTENTION_LAYER_H_
 #define FTX_ATTENTION_ATTENTION_LAYER_H_
 
@@ -38,8 +40,9 @@ struct AttentionLayerConfig {
   int64_t num_memory_kv = 0;  // persistent memory key/values per head
 };
 
-// Views of the parameters, torch layout ([out, in] weights). Biases are empty views
-// when config.bias is false; memory views are empty when num_memory_kv == 0.
+// Views of the parameters, torch layout ([out, in] weights). Biases are empty
+// views when config.bias is false; memory views are empty when num_memory_kv ==
+// 0.
 struct AttentionLayerParams {
   TensorView<const float> query_weight, query_bias;
   TensorView<const float> key_weight, key_bias;
@@ -87,21 +90,25 @@ class AttentionLayer {
   // x: [N, L, C]; context: [N, S, C_keys], or an empty view for self-attention;
   // out: [N, L, C]. cache may be null at inference.
   absl::Status Forward(const Context& ctx, const AttentionLayerParams& params,
-                       TensorView<const float> x, TensorView<const float> context,
+                       TensorView<const float> x,
+                       TensorView<const float> context,
                        const AttentionLayerMasks& masks, TensorView<float> out,
                        AttentionLayerCache* cache);
 
-  // d_x: [N, L, C] (=). d_context: [N, S, C_keys] (=), ignored (may be empty) for
-  // self-attention, whose context gradient is part of d_x.
+  // d_x: [N, L, C] (=). d_context: [N, S, C_keys] (=), ignored (may be empty)
+  // for self-attention, whose context gradient is part of d_x.
   absl::Status Backward(const Context& ctx, const AttentionLayerParams& params,
-                        TensorView<const float> x, TensorView<const float> context,
+                        TensorView<const float> x,
+                        TensorView<const float> context,
                         const AttentionLayerMasks& masks,
-                        const AttentionLayerCache& cache, TensorView<const float> d_out,
-                        TensorView<float> d_x, TensorView<float> d_context,
+                        const AttentionLayerCache& cache,
+                        TensorView<const float> d_out, TensorView<float> d_x,
+                        TensorView<float> d_context,
                         const AttentionLayerGrads& grads);
 
  private:
-  AttentionLayer(const AttentionLayerConfig& config, std::unique_ptr<Attention> inner,
+  AttentionLayer(const AttentionLayerConfig& config,
+                 std::unique_ptr<Attention> inner,
                  std::unique_ptr<QKTransform> qk_transform)
       : config_(config),
         inner_(std::move(inner)),

@@ -50,14 +50,14 @@ const OptionSpec* AttentionBuilder::FindOption(absl::string_view name) const {
 absl::Status AttentionBuilder::Set(absl::string_view name, OptionValue value) {
   const OptionSpec* option = FindOption(name);
   if (option == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown attention option \"", name,
-                                                   "\"; valid options: ",
-                                                   AllOptionNames(registry_)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown attention option \"", name,
+                     "\"; valid options: ", AllOptionNames(registry_)));
   }
   if (!TypeMatches(option->type, value)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "attention option \"", name, "\" takes a ", OptionTypeName(option->type),
-        ", got ", OptionValueToString(value)));
+        "attention option \"", name, "\" takes a ",
+        OptionTypeName(option->type), ", got ", OptionValueToString(value)));
   }
   values_[std::string(name)] = std::move(value);
   return absl::OkStatus();
@@ -91,10 +91,9 @@ absl::Status AttentionBuilder::SetFromString(absl::string_view assignment) {
     case OptionType::kString:
       return Set(name, std::string(text));
   }
-  return absl::InvalidArgumentError(absl::StrCat("attention option \"", name,
-                                                 "\" takes a ",
-                                                 OptionTypeName(option->type),
-                                                 ", cannot parse \"", text, "\""));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "attention option \"", name, "\" takes a ", OptionTypeName(option->type),
+      ", cannot parse \"", text, "\""));
 }
 
 absl::StatusOr<std::unique_ptr<Attention>> AttentionBuilder::Build(
@@ -103,9 +102,9 @@ absl::StatusOr<std::unique_ptr<Attention>> AttentionBuilder::Build(
   const absl::string_view head = type.substr(0, colon);
   const AttentionSpec* spec = registry_.Find(head);
   if (spec == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown attention type \"", head,
-                     "\"; valid types: ", absl::StrJoin(registry_.Names(), ", ")));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown attention type \"", head,
+        "\"; valid types: ", absl::StrJoin(registry_.Names(), ", ")));
   }
   std::vector<std::unique_ptr<Attention>> inner;
   if (colon != absl::string_view::npos) {
@@ -126,10 +125,11 @@ absl::StatusOr<std::unique_ptr<Attention>> AttentionBuilder::Build(
     return absl::InvalidArgumentError(
         spec->inner_count == 0
             ? absl::StrCat("attention type \"", spec->name,
-                           "\" does not decorate other mechanisms (got \"", type, "\")")
+                           "\" does not decorate other mechanisms (got \"",
+                           type, "\")")
             : absl::StrCat("attention type \"", spec->name, "\" wraps ",
-                           spec->inner_count, " mechanism(s), e.g. \"", spec->name,
-                           ":linear\"; got \"", type, "\""));
+                           spec->inner_count, " mechanism(s), e.g. \"",
+                           spec->name, ":linear\"; got \"", type, "\""));
   }
   FTX_ASSIGN_OR_RETURN(const AttentionOptions options, ResolveOptions(*spec));
   return spec->factory(options, std::move(inner));
@@ -167,8 +167,8 @@ std::string NamesWith(const AttentionRegistry& registry, Member member) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<RecurrentAttention>> AttentionBuilder::BuildRecurrent(
-    absl::string_view type) const {
+absl::StatusOr<std::unique_ptr<RecurrentAttention>>
+AttentionBuilder::BuildRecurrent(absl::string_view type) const {
   const AttentionSpec* spec = registry_.Find(type);
   if (spec == nullptr || !spec->recurrent_factory) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -1,7 +1,8 @@
-// AttentionBuilder: fast-transformers' AttentionBuilder (builders/attention_builders.py)
-// in C++. Options are set by name (validated against every registered mechanism at
-// once), then Build("type") makes a mechanism. Decorators use fast-transformers'
-// syntax: "conditional-full:linear" builds "linear" and wraps it; "a:b,c" gives
+// AttentionBuilder: fast-transformers' AttentionBuilder
+// (builders/attention_builders.py) in C++. Options are set by name (validated
+// against every registered mechanism at once), then Build("type") makes a
+// mechanism. Decorators use fast-transformers' syntax:
+// "conditional-full:linear" builds "linear" and wraps it; "a:b,c" gives
 // decorator a the mechanisms b and c.
 //
 // Example:
@@ -24,10 +25,12 @@ namespace ftx {
 
 class AttentionBuilder {
  public:
-  explicit AttentionBuilder(const AttentionRegistry& registry) : registry_(registry) {}
+  explicit AttentionBuilder(const AttentionRegistry& registry)
+      : registry_(registry) {}
 
-  // InvalidArgument (listing the valid options) when no registered mechanism has an
-  // option `name`, or when the value's type does not match (ints pass as floats).
+  // InvalidArgument (listing the valid options) when no registered mechanism
+  // has an option `name`, or when the value's type does not match (ints pass as
+  // floats).
   absl::Status Set(absl::string_view name, OptionValue value);
 
   // "name=value", the value parsed with the option's declared type.
@@ -35,9 +38,11 @@ class AttentionBuilder {
 
   // InvalidArgument listing the valid names for an unknown type, and naming any
   // missing required option.
-  absl::StatusOr<std::unique_ptr<Attention>> Build(absl::string_view type) const;
+  absl::StatusOr<std::unique_ptr<Attention>> Build(
+      absl::string_view type) const;
 
-  // The step-wise (decoding) forms; InvalidArgument listing the types that have one.
+  // The step-wise (decoding) forms; InvalidArgument listing the types that have
+  // one.
   absl::StatusOr<std::unique_ptr<RecurrentAttention>> BuildRecurrent(
       absl::string_view type) const;
   absl::StatusOr<std::unique_ptr<RecurrentCrossAttention>> BuildRecurrentCross(
@@ -45,8 +50,10 @@ class AttentionBuilder {
 
  private:
   const OptionSpec* FindOption(absl::string_view name) const;
-  // The spec's options: set values, else defaults; error for missing required ones.
-  absl::StatusOr<AttentionOptions> ResolveOptions(const AttentionSpec& spec) const;
+  // The spec's options: set values, else defaults; error for missing required
+  // ones.
+  absl::StatusOr<AttentionOptions> ResolveOptions(
+      const AttentionSpec& spec) const;
 
   const AttentionRegistry& registry_;
   std::map<std::string, OptionValue> values_;

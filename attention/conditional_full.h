@@ -1,10 +1,8 @@
 // "conditional-full": a decorator that runs exact softmax attention on short
 // sequences and another mechanism on long ones, as fast-transformers'
 // ConditionalFullAttention (attention/conditional_full_attention.py):
-//   out = other(Q, K, V)                 if L > length_limit or S >
-//   length_limit,
-//         full(Q, K, V; softmax_temp,
-//              attention_dropout)        otherwise,
+//   out = other(Q, K, V)   if L > length_limit or S > length_limit,
+//         full(Q, K, V)    otherwise (with softmax_temp, attention_dropout),
 // with "full" the FullAttention of attention/full.h. Masks, lengths and
 // training flags go to the chosen branch unchanged.
 //

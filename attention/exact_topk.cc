@@ -159,9 +159,9 @@ absl::Status ExactTopKAttention::Forward(const Context& ctx,
   }
   TensorView<float> probabilities = saved.saved[kProbabilities].view<float>();
 
-  // fast-transformers selects on unscaled dots and scales (dots + masks) by t
-  // in the softmax; x-transformers scales the dots first and selects after the
-  // masks.
+  // fast-transformers selects on unscaled dots and scales (dots + masks) by
+  // t in the softmax; x-transformers scales the dots before masks and
+  // selection.
   const float t = Temperature(dims.qk_dim);
   const bool ties = options_.sparse_topk_ties;
   for (int64_t h = 0; h < dims.heads; ++h) {
@@ -208,8 +208,7 @@ absl::Status ExactTopKAttention::Backward(const Context& ctx,
       cache.saved[kProbabilities].shape() != scores_shape) {
     return absl::FailedPreconditionError(
         "ExactTopKAttentionBackward: the cache does not come from a Forward "
-        "with "
-        "these inputs (pass a cache to Forward)");
+        "with these inputs (pass a cache to Forward)");
   }
   const TensorView<const float> probabilities =
       cache.saved[kProbabilities].view<float>();
@@ -274,8 +273,7 @@ AttentionSpec ExactTopKAttentionSpec() {
        "dropout on the attention probabilities (training only)"},
       {"sparse_topk_ties", OptionType::kBool, OptionValue(false),
        "x-transformers sparse_topk: keep every dot >= the k-th largest (ties "
-       "kept), "
-       "selected after temperature and masks"},
+       "kept), selected after temperature and masks"},
       {"use_entmax15", OptionType::kBool, OptionValue(false),
        "entmax-1.5 instead of softmax (x-transformers attn_use_entmax15)"}};
   spec.factory = [](const AttentionOptions& o,

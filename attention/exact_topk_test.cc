@@ -68,7 +68,7 @@ class ExactTopKAttentionTest : public ::testing::Test {
 };
 
 TEST_F(ExactTopKAttentionTest, KeepTopKOnHandMadeRows) {
-  // Rows 1 apart by a stride of 8 (two padding entries each).
+  // Three rows of 6 entries, 8 apart (two padding entries of -1 each).
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const std::vector<float> rows = {3,     1,   3,     2,     3, 0, -1, -1,  //
                                    -kInf, 5,   -kInf, -kInf, 4, 4, -1, -1,  //

@@ -3,13 +3,15 @@
 namespace ftx {
 
 absl::Status ActivationFeatureMap::Forward(const Context& ctx,
-                                           TensorView<const float> x, bool is_query,
+                                           TensorView<const float> x,
+                                           bool is_query,
                                            TensorView<float> features) {
   return Activate(ctx, activation_, x, features);
 }
 
 absl::Status ActivationFeatureMap::Backward(const Context& ctx,
-                                            TensorView<const float> x, bool is_query,
+                                            TensorView<const float> x,
+                                            bool is_query,
                                             TensorView<const float> features,
                                             TensorView<const float> d_features,
                                             TensorView<float> d_x) {

@@ -1,7 +1,8 @@
-// Feature maps phi for linear attention (Katharopoulos et al. 2020, "Transformers are
-// RNNs", eq. 4-6): sim(q, k) = phi(q) . phi(k). The interface mirrors
-// fast-transformers' FeatureMap (feature_maps/base.py): NewFeatureMap runs before every
-// forward (random maps redraw there), then queries and keys are mapped separately.
+// Feature maps phi for linear attention (Katharopoulos et al. 2020,
+// "Transformers are RNNs", eq. 4-6): sim(q, k) = phi(q) . phi(k). The interface
+// mirrors fast-transformers' FeatureMap (feature_maps/base.py): NewFeatureMap
+// runs before every forward (random maps redraw there), then queries and keys
+// are mapped separately.
 //
 // Shapes: x [N, T, H, E] -> features [N, T, H, F], F = FeatureDim(E).
 #ifndef FTX_ATTENTION_FEATURE_MAP_H_
@@ -30,12 +31,13 @@ class FeatureMap {
     return absl::OkStatus();
   }
 
-  // features = phi(x). `is_query` selects the query or key form (they differ for
-  // Performer's softmax kernel).
+  // features = phi(x). `is_query` selects the query or key form (they differ
+  // for Performer's softmax kernel).
   virtual absl::Status Forward(const Context& ctx, TensorView<const float> x,
                                bool is_query, TensorView<float> features) = 0;
 
-  // d_x = (d phi / d x)^T d_features, written (=). `features` is Forward's output.
+  // d_x = (d phi / d x)^T d_features, written (=). `features` is Forward's
+  // output.
   virtual absl::Status Backward(const Context& ctx, TensorView<const float> x,
                                 bool is_query, TensorView<const float> features,
                                 TensorView<const float> d_features,
@@ -51,10 +53,10 @@ class ActivationFeatureMap : public FeatureMap {
 
   const char* name() const override { return ActivationName(activation_); }
   int64_t FeatureDim(int64_t qk_dim) const override { return qk_dim; }
-  absl::Status Forward(const Context& ctx, TensorView<const float> x, bool is_query,
-                       TensorView<float> features) override;
-  absl::Status Backward(const Context& ctx, TensorView<const float> x, bool is_query,
-                        TensorView<const float> features,
+  absl::Status Forward(const Context& ctx, TensorView<const float> x,
+                       bool is_query, TensorView<float> features) override;
+  absl::Status Backward(const Context& ctx, TensorView<const float> x,
+                        bool is_query, TensorView<const float> features,
                         TensorView<const float> d_features,
                         TensorView<float> d_x) override;
 

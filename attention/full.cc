@@ -45,7 +45,8 @@ void ApplyDropout(const Context& ctx, float p, uint64_t seed, uint64_t offset,
       count,
       [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
-          const bool keep = RandomUniform(seed, kDropoutStream, offset + i) >= p;
+          const bool keep =
+              RandomUniform(seed, kDropoutStream, offset + i) >= p;
           out[i] = keep ? in[i] * keep_scale : 0.0f;
         }
       },
@@ -60,12 +61,16 @@ float FullAttention::Temperature(int64_t qk_dim) const {
              : 1.0f / std::sqrt(static_cast<float>(qk_dim));
 }
 
-absl::Status FullAttention::Forward(const Context& ctx, const AttentionInputs& inputs,
-                                    TensorView<float> out, AttentionCache* cache) {
-  FTX_ASSIGN_OR_RETURN(const AttentionDims dims,
-                       ValidateAttentionForward("FullAttention", ctx, inputs, out));
+absl::Status FullAttention::Forward(const Context& ctx,
+                                    const AttentionInputs& inputs,
+                                    TensorView<float> out,
+                                    AttentionCache* cache) {
+  FTX_ASSIGN_OR_RETURN(
+      const AttentionDims dims,
+      ValidateAttentionForward("FullAttention", ctx, inputs, out));
   if (ctx.device().type != DeviceType::kCpu) {
-    return absl::UnimplementedError("FullAttention: only the CPU path exists so far");
+    return absl::UnimplementedError(
+        "FullAttention: only the CPU path exists so far");
   }
   AttentionCache& saved = cache != nullptr ? *cache : scratch_;
   const bool dropout = DropoutActive(inputs);
@@ -78,9 +83,9 @@ absl::Status FullAttention::Forward(const Context& ctx, const AttentionInputs& i
 
   // Scores per head: [N, L, S] = Q_h [N, L, E] K_h^T.
   for (int64_t h = 0; h < dims.heads; ++h) {
-    FTX_RETURN_IF_ERROR(MatMul(ctx, inputs.queries.Select(2, h),
-                               inputs.keys.Select(2, h), probabilities.Select(0, h),
-                               {.transpose_b = true}));
+    FTX_RETURN_IF_ERROR(
+        MatMul(ctx, inputs.queries.Select(2, h), inputs.keys.Select(2, h),
+               probabilities.Select(0, h), {.transpose_b = true}));
   }
   MaskPaddedKeys(ctx, inputs.key_lengths, dims, probabilities.data());
 
@@ -112,35 +117,39 @@ absl::Status FullAttention::Forward(const Context& ctx, const AttentionInputs& i
   if (dropout) {
     attended = saved.saved[kDroppedProbabilities].view<float>();
     ApplyDropout(ctx, options_.attention_dropout, inputs.seed, 0,
-                 probabilities.NumElements(), probabilities.data(), attended.data());
+                 probabilities.NumElements(), probabilities.data(),
+                 attended.data());
   }
   // out_h [N, L, D] = P_h [N, L, S] V_h [N, S, D].
   for (int64_t h = 0; h < dims.heads; ++h) {
-    FTX_RETURN_IF_ERROR(MatMul(ctx, attended.Select(0, h), inputs.values.Select(2, h),
-                               out.Select(2, h)));
+    FTX_RETURN_IF_ERROR(MatMul(ctx, attended.Select(0, h),
+                               inputs.values.Select(2, h), out.Select(2, h)));
   }
   return absl::OkStatus();
 }
 
-absl::Status FullAttention::Backward(const Context& ctx, const AttentionInputs& inputs,
+absl::Status FullAttention::Backward(const Context& ctx,
+                                     const AttentionInputs& inputs,
                                      const AttentionCache& cache,
                                      TensorView<const float> d_out,
                                      const AttentionGrads& grads) {
-  FTX_ASSIGN_OR_RETURN(
-      const AttentionDims dims,
-      ValidateAttentionBackward("FullAttentionBackward", ctx, inputs, d_out, grads));
+  FTX_ASSIGN_OR_RETURN(const AttentionDims dims,
+                       ValidateAttentionBackward("FullAttentionBackward", ctx,
+                                                 inputs, d_out, grads));
   const bool dropout = DropoutActive(inputs);
   const Shape scores_shape{dims.heads, dims.batch, dims.queries, dims.keys};
   if (cache.saved.size() != (dropout ? 2u : 1u) ||
       cache.saved[kProbabilities].shape() != scores_shape) {
     return absl::FailedPreconditionError(
-        "FullAttentionBackward: the cache does not come from a Forward with these "
+        "FullAttentionBackward: the cache does not come from a Forward with "
+        "these "
         "inputs (pass a cache to Forward)");
   }
   const TensorView<const float> probabilities =
       cache.saved[kProbabilities].view<float>();
   const TensorView<const float> attended =
-      dropout ? cache.saved[kDroppedProbabilities].view<float>() : probabilities;
+      dropout ? cache.saved[kDroppedProbabilities].view<float>()
+              : probabilities;
 
   const Shape head_scores{dims.batch, dims.queries, dims.keys};
   FTX_RETURN_IF_ERROR(EnsureTensor(grad_scratch_, head_scores, ctx.device()));
@@ -153,11 +162,13 @@ absl::Status FullAttention::Backward(const Context& ctx, const AttentionInputs& 
     const TensorView<const float> d_out_h = d_out.Select(2, h);  // [N, L, D]
     // d_V_h [N, S, D] = P_h^T d_out_h;  d_P_h [N, L, S] = d_out_h V_h^T.
     FTX_RETURN_IF_ERROR(MatMul(ctx, attended.Select(0, h), d_out_h,
-                               grads.d_values.Select(2, h), {.transpose_a = true}));
-    FTX_RETURN_IF_ERROR(MatMul(ctx, d_out_h, inputs.values.Select(2, h), d_scores,
-                               {.transpose_b = true}));
+                               grads.d_values.Select(2, h),
+                               {.transpose_a = true}));
+    FTX_RETURN_IF_ERROR(MatMul(ctx, d_out_h, inputs.values.Select(2, h),
+                               d_scores, {.transpose_b = true}));
     if (dropout) {
-      // d_P = d_(dropped P) * keep / (1 - p), with the forward's mask of head h.
+      // d_P = d_(dropped P) * keep / (1 - p), with the forward's mask of head
+      // h.
       ApplyDropout(ctx, options_.attention_dropout, inputs.seed,
                    h * d_scores.NumElements(), d_scores.NumElements(),
                    d_scores.data(), d_scores.data());
@@ -171,7 +182,8 @@ absl::Status FullAttention::Backward(const Context& ctx, const AttentionInputs& 
     FTX_RETURN_IF_ERROR(MatMul(ctx, d_scores, inputs.keys.Select(2, h),
                                grads.d_queries.Select(2, h)));
     FTX_RETURN_IF_ERROR(MatMul(ctx, d_scores, inputs.queries.Select(2, h),
-                               grads.d_keys.Select(2, h), {.transpose_a = true}));
+                               grads.d_keys.Select(2, h),
+                               {.transpose_a = true}));
   }
   return absl::OkStatus();
 }

@@ -1,11 +1,12 @@
-// "full": softmax attention (Vaswani et al. 2017), as fast-transformers' FullAttention
-// (attention/full_attention.py):
+// "full": softmax attention (Vaswani et al. 2017), as fast-transformers'
+// FullAttention (attention/full_attention.py):
 //   P = dropout(softmax(t * Q K^T + attn_mask + key_length_mask)),  out = P V,
-// with t = softmax_temp or 1/sqrt(E). Query lengths are ignored (padded queries are
-// computed as usual). A query whose keys are all masked gets a zero output, where
-// fast-transformers would return NaN. Dropout (default 0.1, the registry default)
-// applies only when AttentionInputs::training is set; its mask comes from the Philox
-// stream of AttentionInputs::seed, so the backward regenerates it exactly.
+// with t = softmax_temp or 1/sqrt(E). Query lengths are ignored (padded queries
+// are computed as usual). A query whose keys are all masked gets a zero output,
+// where fast-transformers would return NaN. Dropout (default 0.1, the registry
+// default) applies only when AttentionInputs::training is set; its mask comes
+// from the Philox stream of AttentionInputs::seed, so the backward regenerates
+// it exactly.
 //
 // Cost: O(N H L S E) time, O(N H L S) memory for the saved probabilities.
 #ifndef FTX_ATTENTION_FULL_H_
@@ -33,7 +34,8 @@ class FullAttention : public Attention {
   absl::Status Forward(const Context& ctx, const AttentionInputs& inputs,
                        TensorView<float> out, AttentionCache* cache) override;
   absl::Status Backward(const Context& ctx, const AttentionInputs& inputs,
-                        const AttentionCache& cache, TensorView<const float> d_out,
+                        const AttentionCache& cache,
+                        TensorView<const float> d_out,
                         const AttentionGrads& grads) override;
 
  private:
@@ -43,7 +45,8 @@ class FullAttention : public Attention {
   }
 
   FullAttentionOptions options_;
-  // Inference-time buffers (no cache given) and the causal mask, reused across calls.
+  // Inference-time buffers (no cache given) and the causal mask, reused across
+  // calls.
   AttentionCache scratch_;
   Tensor causal_mask_;
   Tensor grad_scratch_;

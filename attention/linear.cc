@@ -23,12 +23,12 @@ enum Saved : int {
 
 // Gradient scratch layout.
 enum GradScratch : int {
-  kScaledGrad,         // d_out / denominator [N, L, H, D]
-  kDenominatorGrad,    // d loss / d denominator [N, L, H]
-  kQueryFeatureGrad,   // [N, L, H, F]
-  kKeyFeatureGrad,     // [N, S, H, F]
-  kKeyValueGrad,       // [H, N, F, D]
-  kKeySumGrad,         // [N, H, F]
+  kScaledGrad,        // d_out / denominator [N, L, H, D]
+  kDenominatorGrad,   // d loss / d denominator [N, L, H]
+  kQueryFeatureGrad,  // [N, L, H, F]
+  kKeyFeatureGrad,    // [N, S, H, F]
+  kKeyValueGrad,      // [H, N, F, D]
+  kKeySumGrad,        // [N, H, F]
   kGradScratchCount
 };
 
@@ -65,13 +65,17 @@ LinearAttention::LinearAttention(std::unique_ptr<FeatureMap> feature_map,
                                : std::make_unique<ActivationFeatureMap>()),
       options_(options) {}
 
-absl::Status LinearAttention::Forward(const Context& ctx, const AttentionInputs& inputs,
-                                      TensorView<float> out, AttentionCache* cache) {
-  FTX_ASSIGN_OR_RETURN(const AttentionDims dims,
-                       ValidateAttentionForward("LinearAttention", ctx, inputs, out));
+absl::Status LinearAttention::Forward(const Context& ctx,
+                                      const AttentionInputs& inputs,
+                                      TensorView<float> out,
+                                      AttentionCache* cache) {
+  FTX_ASSIGN_OR_RETURN(
+      const AttentionDims dims,
+      ValidateAttentionForward("LinearAttention", ctx, inputs, out));
   FTX_RETURN_IF_ERROR(CheckAllOnesMask(inputs));
   if (ctx.device().type != DeviceType::kCpu) {
-    return absl::UnimplementedError("LinearAttention: only the CPU path exists so far");
+    return absl::UnimplementedError(
+        "LinearAttention: only the CPU path exists so far");
   }
   const int64_t N = dims.batch, L = dims.queries, S = dims.keys, H = dims.heads,
                 D = dims.value_dim;
@@ -91,8 +95,10 @@ absl::Status LinearAttention::Forward(const Context& ctx, const AttentionInputs&
   float* key_sum = saved.saved[kKeySum].data<float>();
   float* denominator = saved.saved[kDenominator].data<float>();
 
-  FTX_RETURN_IF_ERROR(feature_map_->Forward(ctx, inputs.queries, true, query_features));
-  FTX_RETURN_IF_ERROR(feature_map_->Forward(ctx, inputs.keys, false, key_features));
+  FTX_RETURN_IF_ERROR(
+      feature_map_->Forward(ctx, inputs.queries, true, query_features));
+  FTX_RETURN_IF_ERROR(
+      feature_map_->Forward(ctx, inputs.keys, false, key_features));
   ZeroPaddedRows(ctx, inputs.key_lengths, key_features);
 
   // key_sum[n, h, :] = sum_s phi(k)[n, s, h, :].
@@ -110,11 +116,12 @@ absl::Status LinearAttention::Forward(const Context& ctx, const AttentionInputs&
   });
   for (int64_t h = 0; h < H; ++h) {
     // key_value_h [N, F, D] = phi(K)_h^T [N, F, S] V_h [N, S, D].
-    FTX_RETURN_IF_ERROR(MatMul(ctx, key_features.Select(2, h), inputs.values.Select(2, h),
+    FTX_RETURN_IF_ERROR(MatMul(ctx, key_features.Select(2, h),
+                               inputs.values.Select(2, h),
                                key_value.Select(0, h), {.transpose_a = true}));
     // out_h [N, L, D] = phi(Q)_h [N, L, F] key_value_h [N, F, D].
-    FTX_RETURN_IF_ERROR(
-        MatMul(ctx, query_features.Select(2, h), key_value.Select(0, h), out.Select(2, h)));
+    FTX_RETURN_IF_ERROR(MatMul(ctx, query_features.Select(2, h),
+                               key_value.Select(0, h), out.Select(2, h)));
   }
   // Divide by phi(q) . key_sum + eps.
   const float* qf = query_features.data();
@@ -142,13 +149,14 @@ absl::Status LinearAttention::Forward(const Context& ctx, const AttentionInputs&
   return absl::OkStatus();
 }
 
-absl::Status LinearAttention::Backward(const Context& ctx, const AttentionInputs& inputs,
+absl::Status LinearAttention::Backward(const Context& ctx,
+                                       const AttentionInputs& inputs,
                                        const AttentionCache& cache,
                                        TensorView<const float> d_out,
                                        const AttentionGrads& grads) {
-  FTX_ASSIGN_OR_RETURN(
-      const AttentionDims dims,
-      ValidateAttentionBackward("LinearAttentionBackward", ctx, inputs, d_out, grads));
+  FTX_ASSIGN_OR_RETURN(const AttentionDims dims,
+                       ValidateAttentionBackward("LinearAttentionBackward", ctx,
+                                                 inputs, d_out, grads));
   FTX_RETURN_IF_ERROR(CheckAllOnesMask(inputs));
   const int64_t N = dims.batch, L = dims.queries, S = dims.keys, H = dims.heads,
                 D = dims.value_dim;
@@ -157,26 +165,35 @@ absl::Status LinearAttention::Backward(const Context& ctx, const AttentionInputs
       cache.saved[kOutput].shape() != Shape{N, L, H, D} ||
       cache.saved[kKeyFeatures].shape() != Shape{N, S, H, F}) {
     return absl::FailedPreconditionError(
-        "LinearAttentionBackward: the cache does not come from a Forward with these "
+        "LinearAttentionBackward: the cache does not come from a Forward with "
+        "these "
         "inputs (pass a cache to Forward)");
   }
-  const TensorView<const float> query_features = cache.saved[kQueryFeatures].view<float>();
-  const TensorView<const float> key_features = cache.saved[kKeyFeatures].view<float>();
-  const TensorView<const float> key_value = cache.saved[kKeyValue].view<float>();
+  const TensorView<const float> query_features =
+      cache.saved[kQueryFeatures].view<float>();
+  const TensorView<const float> key_features =
+      cache.saved[kKeyFeatures].view<float>();
+  const TensorView<const float> key_value =
+      cache.saved[kKeyValue].view<float>();
   const float* key_sum = cache.saved[kKeySum].data<float>();
   const float* denominator = cache.saved[kDenominator].data<float>();
   const float* saved_out = cache.saved[kOutput].data<float>();
 
   grad_scratch_.saved.resize(kGradScratchCount);
-  const Shape shapes[kGradScratchCount] = {{N, L, H, D}, {N, L, H},    {N, L, H, F},
-                                           {N, S, H, F}, {H, N, F, D}, {N, H, F}};
+  const Shape shapes[kGradScratchCount] = {{N, L, H, D}, {N, L, H},
+                                           {N, L, H, F}, {N, S, H, F},
+                                           {H, N, F, D}, {N, H, F}};
   for (int i = 0; i < kGradScratchCount; ++i) {
-    FTX_RETURN_IF_ERROR(EnsureTensor(grad_scratch_.saved[i], shapes[i], ctx.device()));
+    FTX_RETURN_IF_ERROR(
+        EnsureTensor(grad_scratch_.saved[i], shapes[i], ctx.device()));
   }
-  TensorView<float> scaled_grad = grad_scratch_.saved[kScaledGrad].view<float>();
+  TensorView<float> scaled_grad =
+      grad_scratch_.saved[kScaledGrad].view<float>();
   float* den_grad = grad_scratch_.saved[kDenominatorGrad].data<float>();
-  TensorView<float> qf_grad = grad_scratch_.saved[kQueryFeatureGrad].view<float>();
-  TensorView<float> kf_grad = grad_scratch_.saved[kKeyFeatureGrad].view<float>();
+  TensorView<float> qf_grad =
+      grad_scratch_.saved[kQueryFeatureGrad].view<float>();
+  TensorView<float> kf_grad =
+      grad_scratch_.saved[kKeyFeatureGrad].view<float>();
   TensorView<float> kv_grad = grad_scratch_.saved[kKeyValueGrad].view<float>();
   float* key_sum_grad = grad_scratch_.saved[kKeySumGrad].data<float>();
 
@@ -196,18 +213,22 @@ absl::Status LinearAttention::Backward(const Context& ctx, const AttentionInputs
   });
   for (int64_t h = 0; h < H; ++h) {
     // d phi(Q)_h = g_h key_value_h^T;  d key_value_h = phi(Q)_h^T g_h.
-    FTX_RETURN_IF_ERROR(MatMul(ctx, scaled_grad.Select(2, h), key_value.Select(0, h),
-                               qf_grad.Select(2, h), {.transpose_b = true}));
-    FTX_RETURN_IF_ERROR(MatMul(ctx, query_features.Select(2, h), scaled_grad.Select(2, h),
-                               kv_grad.Select(0, h), {.transpose_a = true}));
+    FTX_RETURN_IF_ERROR(MatMul(ctx, scaled_grad.Select(2, h),
+                               key_value.Select(0, h), qf_grad.Select(2, h),
+                               {.transpose_b = true}));
+    FTX_RETURN_IF_ERROR(MatMul(ctx, query_features.Select(2, h),
+                               scaled_grad.Select(2, h), kv_grad.Select(0, h),
+                               {.transpose_a = true}));
     // d phi(K)_h = V_h d key_value_h^T;  d V_h = phi(K)_h d key_value_h.
-    FTX_RETURN_IF_ERROR(MatMul(ctx, inputs.values.Select(2, h), kv_grad.Select(0, h),
-                               kf_grad.Select(2, h), {.transpose_b = true}));
-    FTX_RETURN_IF_ERROR(MatMul(ctx, key_features.Select(2, h), kv_grad.Select(0, h),
+    FTX_RETURN_IF_ERROR(MatMul(ctx, inputs.values.Select(2, h),
+                               kv_grad.Select(0, h), kf_grad.Select(2, h),
+                               {.transpose_b = true}));
+    FTX_RETURN_IF_ERROR(MatMul(ctx, key_features.Select(2, h),
+                               kv_grad.Select(0, h),
                                grads.d_values.Select(2, h)));
   }
-  // Denominator terms: d phi(q_l) += d_den_l key_sum; d key_sum = sum_l d_den_l phi(q_l);
-  // d phi(k_s) += d key_sum for unpadded keys.
+  // Denominator terms: d phi(q_l) += d_den_l key_sum; d key_sum = sum_l d_den_l
+  // phi(q_l); d phi(k_s) += d key_sum for unpadded keys.
   const float* qf = query_features.data();
   ctx.pool().ParallelFor(N * H, [&](int64_t begin, int64_t end) {
     for (int64_t nh = begin; nh < end; ++nh) {
@@ -235,10 +256,10 @@ absl::Status LinearAttention::Backward(const Context& ctx, const AttentionInputs
       }
     }
   });
-  FTX_RETURN_IF_ERROR(feature_map_->Backward(ctx, inputs.queries, true, query_features,
-                                             qf_grad, grads.d_queries));
-  FTX_RETURN_IF_ERROR(feature_map_->Backward(ctx, inputs.keys, false, key_features,
-                                             kf_grad, grads.d_keys));
+  FTX_RETURN_IF_ERROR(feature_map_->Backward(
+      ctx, inputs.queries, true, query_features, qf_grad, grads.d_queries));
+  FTX_RETURN_IF_ERROR(feature_map_->Backward(
+      ctx, inputs.keys, false, key_features, kf_grad, grads.d_keys));
   return absl::OkStatus();
 }
 

@@ -1,20 +1,20 @@
-// "linformer": Linformer self-attention (Wang et al. 2020, "Linformer: Self-Attention
-// with Linear Complexity", eq. 7): keys and values are projected along the sequence
-// from n = seq_len positions to k,
+// "linformer": Linformer self-attention (Wang et al. 2020, "Linformer:
+// Self-Attention with Linear Complexity", eq. 7): keys and values are projected
+// along the sequence from n = seq_len positions to k,
 //   K' = E K + b_E,  V' = F V + b_F   (per head: E, F are [k, n]),
 //   out = softmax(t Q K'^T [+ causal (n, k) mask]) V',
 // as linformer-pytorch 0.19.3's LinearAttentionHead with method "learnable"
-// (nn.Linear(n, k) with bias, xavier_normal init) or "no_params" (a fixed N(0, 1/k)
-// matrix, not trainable, not in state_dict), and as lucidrains' linformer (used by
-// linear-attention-transformer's LinformerSettings) with bias = false and
-// init = kUniform (U(+-1/sqrt(k))).
-// Sharing (linformer-pytorch parameter_sharing): kNone = an E and an F per head,
-// kHeadwise = one E and one F for all heads, kKeyValue = one matrix for E and F.
+// (nn.Linear(n, k) with bias, xavier_normal init) or "no_params" (a fixed N(0,
+// 1/k) matrix, not trainable, not in state_dict), and as lucidrains' linformer
+// (used by linear-attention-transformer's LinformerSettings) with bias = false
+// and init = kUniform (U(+-1/sqrt(k))). Sharing (linformer-pytorch
+// parameter_sharing): kNone = an E and an F per head, kHeadwise = one E and one
+// F for all heads, kKeyValue = one matrix for E and F.
 // ("layerwise" sharing is one mechanism object used by every layer.)
-// Masks as linformer-pytorch: key lengths zero rows of K and V (input_mask), query
-// lengths zero rows of Q (embeddings_mask); the optional causal mask is its (n, k)
-// gen_causal_mask, which is not truly causal (projected columns mix all positions).
-// Any sequence length other than seq_len is InvalidArgument.
+// Masks as linformer-pytorch: key lengths zero rows of K and V (input_mask),
+// query lengths zero rows of Q (embeddings_mask); the optional causal mask is
+// its (n, k) gen_causal_mask, which is not truly causal (projected columns mix
+// all positions). Any sequence length other than seq_len is InvalidArgument.
 //
 // Parameter names: "E.weight", "E.bias", "F.weight", "F.bias" (shared), or
 // "heads.{h}.E.weight", ... (kNone).
@@ -63,7 +63,8 @@ class LinformerAttention : public Attention {
   absl::Status Forward(const Context& ctx, const AttentionInputs& inputs,
                        TensorView<float> out, AttentionCache* cache) override;
   absl::Status Backward(const Context& ctx, const AttentionInputs& inputs,
-                        const AttentionCache& cache, TensorView<const float> d_out,
+                        const AttentionCache& cache,
+                        TensorView<const float> d_out,
                         const AttentionGrads& grads) override;
 
  private:

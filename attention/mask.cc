@@ -11,7 +11,8 @@ float AttnMask::At(int64_t l, int64_t s) const {
     case Kind::kAll:
       return 0.0f;
     case Kind::kCausal:
-      return s <= l + causal_offset_ ? 0.0f : -std::numeric_limits<float>::infinity();
+      return s <= l + causal_offset_ ? 0.0f
+                                     : -std::numeric_limits<float>::infinity();
     case Kind::kAdditive:
       return additive_.at(l, s);
   }
@@ -38,9 +39,9 @@ absl::Status LengthMask::Validate(absl::string_view op, absl::string_view name,
                                   int64_t batch, int64_t max_length) const {
   if (lengths.empty()) return absl::OkStatus();
   if (static_cast<int64_t>(lengths.size()) != batch) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": ", name, " has ",
-                                                   lengths.size(),
-                                                   " entries for a batch of ", batch));
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", name, " has ", lengths.size(),
+                     " entries for a batch of ", batch));
   }
   for (size_t i = 0; i < lengths.size(); ++i) {
     if (lengths[i] < 0 || lengths[i] > max_length) {

@@ -167,9 +167,9 @@ absl::Status GaussianOrthogonalRandomMatrix(int scaling,
         HouseholderQ(gaussians.Matrix(columns, columns), columns, &r_diagonal);
     for (int64_t i = 0; i < count; ++i) {
       // torch's sign(): -1, 0 or 1.
-      const double sign =
-          uniform_q ? (r_diagonal[i] > 0) - static_cast<double>(r_diagonal[i] < 0)
-                    : 1.0;
+      const double sign = uniform_q ? (r_diagonal[i] > 0) -
+                                          static_cast<double>(r_diagonal[i] < 0)
+                                    : 1.0;
       for (int64_t e = 0; e < columns; ++e) {
         out.at(start + i, e) = static_cast<float>(sign * q[e * columns + i]);
       }
@@ -557,8 +557,8 @@ absl::Status FavorFeatureMap::Forward(const Context& ctx,
 // phi_c = exp(u_c - off), phi_{C+c} = exp(-u_c - off), u = x' omega,
 // off = |x'|^2 / 2 (+ |x'_{s*}|^2 with s* the sequence argmax), so with
 // a_c = d_phi_c phi_c and b_c = d_phi_{C+c} phi_{C+c}:
-//   d_x'_r = omega (a - b) - x'_r sum(a + b),  d_x'_{s*} -= 2 x'_{s*} sum_rows
-//   sum(a + b).
+//   d_x'_r = omega (a - b) - x'_r sum_c (a + b),
+//   d_x'_{s*} -= 2 x'_{s*} sum_rows sum_c (a + b) (stabilize only).
 absl::Status FavorFeatureMap::Backward(const Context& ctx,
                                        TensorView<const float> x, bool is_query,
                                        TensorView<const float> features,

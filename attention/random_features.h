@@ -1,46 +1,45 @@
-// Random-feature maps for linear attention, reproducing fast-transformers 0.4.0
-// (feature_maps/fourier_features.py, SEMANTICS.md section 2.5), plus the
+// Random-feature maps for linear attention, reproducing fast-transformers
+// 0.4.0 (feature_maps/fourier_features.py, SEMANTICS.md section 2.5), plus the
 // orthogonal random matrices of fast-transformers and of performer-pytorch.
 //
-// With x' = x sqrt(t) and a random omega [E, C]:
-//   RandomFourierFeatures (Rahimi & Recht 2007):  phi = sqrt(2/n) [cos x'omega,
-//   sin x'omega]
-//     approximates exp(-t |x - y|^2 / 2); C = n / 2, F = 2 C.
-//   SmoothedRandomFourierFeatures: the above with n - 1 dims, then the constant
-//     `smoothing`: approximates exp(-t |x - y|^2 / 2) + smoothing^2; C = (n -
-//     1) / 2, F = 2 C + 1 (so n = 64 gives 63 features, as in
-//     fast-transformers).
+// With x' = x sqrt(t), a random omega [E, C] and u = x' omega:
+//   RandomFourierFeatures (Rahimi & Recht 2007):
+//     phi = sqrt(2/n) [cos u, sin u] ~ exp(-t |x - y|^2 / 2); C = n/2, F = 2C.
+//   SmoothedRandomFourierFeatures: the above with n - 1 dims, then the
+//     constant `smoothing`: ~ exp(-t |x - y|^2 / 2) + smoothing^2;
+//     C = (n - 1)/2, F = 2C + 1 (n = 64 gives 63 features, as there).
 //   FavorFeatureMap (Choromanski et al. 2020, "Rethinking Attention with
-//   Performers",
-//     Lemma 1; fast-transformers' Favor): phi = [exp(u - off), exp(-u - off)],
-//     u = x'omega, off = |x'|^2/2 + log(n)/2 (+ max over the sequence axis of
-//     |x'|^2 with `stabilize`): approximates exp(t x.y); C = n / 2, F = 2 C.
-//   GeneralizedRandomFeatures: phi = kernel_fn(x'omega) (default relu, t = 1);
-//   C = F = n.
-// n = n_dims (default E). An odd n drops one feature (C = n / 2 rounds down)
+//     Performers", Lemma 1; fast-transformers' Favor):
+//     phi = [exp(u - off), exp(-u - off)] ~ exp(t x.y), C = n/2, F = 2C,
+//     off = |x'|^2/2 + log(n)/2 (+ max over the sequence of |x'|^2 with
+//     `stabilize`).
+//   GeneralizedRandomFeatures: phi = kernel_fn(u) (default relu, t = 1);
+//     C = F = n.
+// n = n_dims (default E). An odd n drops one feature (C = n/2 rounds down)
 // but keeps the sqrt(2/n) and log(n) constants, as fast-transformers does.
 //
 // omega is drawn from Philox Gaussians (kernels/base/rng.h) with the map's
 // seed, either i.i.d. N(0, 1) or, with `orthogonal`, by fast-transformers'
-// orthogonal_random_matrix_ (QR of E x E Gaussian blocks, columns scaled by the
-// row norms of the same block). Q follows LAPACK's sign convention like torch's
-// QR, so, as in both libraries, the orthogonal columns are not sign-symmetric
-// (the first column of each block always has a negative first entry): maps even
-// in omega (cos/sin, exp(+-u)) do not notice, relu features of
-// GeneralizedRandomFeatures estimate a slightly different kernel. Redraw:
-// NewFeatureMap counts calls from -1 and draws when calls % redraw == 0, so the
-// first call always draws; with deterministic_eval and training off it returns
-// at once. Before any draw omega is zero, like fast-transformers'
-// zero-initialised buffer. omega() and SetOmega() read and fix the matrix
-// (state_dict name "omega").
+// orthogonal_random_matrix_ (QR of E x E Gaussian blocks, columns scaled by
+// the row norms of the same block). Q follows LAPACK's sign convention like
+// torch's QR, so, as in both libraries, the orthogonal columns are not
+// sign-symmetric (the first column of each block always has a negative first
+// entry): maps even in omega (cos/sin, exp(+-u)) do not notice; relu features
+// of GeneralizedRandomFeatures estimate a slightly different kernel.
+//
+// Redraw: NewFeatureMap counts calls from -1 and draws when
+// calls % redraw == 0, so the first call always draws; with
+// deterministic_eval and training off it returns at once. Before any draw
+// omega is zero, like fast-transformers' zero-initialised buffer. omega() and
+// SetOmega() read and fix the matrix (state_dict name "omega").
 //
 // Shapes: x [N, T, H, E] (strided in its leading axes, unit stride in the
 // last), features [N, T, H, F]. Backward writes d_x (=); the maps have no
-// parameters. `stabilize` takes the max over axis 1 (T), as fast-transformers'
-// max(1) on [N, L, H, E]; the gradient flows through that max to its (first)
-// argmax row like autograd. A recurrent step sees T = 1, so the max is the
-// token's own norm there (fast-transformers' recurrent step tensors are [N, H,
-// E], where max(1) spans heads).
+// parameters. `stabilize` takes the max over axis 1 (T), as
+// fast-transformers' max(1) on [N, L, H, E]; the gradient flows through that
+// max to its (first) argmax row, like autograd. A recurrent step sees T = 1,
+// so the max is the token's own norm there (fast-transformers' recurrent step
+// tensors are [N, H, E], where max(1) spans the heads).
 #ifndef FTX_ATTENTION_RANDOM_FEATURES_H_
 #define FTX_ATTENTION_RANDOM_FEATURES_H_
 
@@ -80,9 +79,9 @@ absl::Status OrthogonalRandomMatrix(const RandomOptions& random,
 // then scales row i by |G'[i, :]| for a fresh Gaussian G' [nb_rows, nb_columns]
 // (scaling 0) or by sqrt(nb_columns) (scaling 1). Gaussians are drawn in that
 // order from the Philox normal sequence. `uniform_q` multiplies the columns of
-// each Q by sign(diag R) (earlier performer versions' qr_uniform_q), which makes
-// the rows sign-symmetric (Haar); without it, as in performer 1.1.4, they are
-// not. InvalidArgument for another scaling or a bad view.
+// each Q by sign(diag R) (earlier performer versions' qr_uniform_q), which
+// makes the rows sign-symmetric (Haar); without it, as in performer 1.1.4, they
+// are not. InvalidArgument for another scaling or a bad view.
 absl::Status GaussianOrthogonalRandomMatrix(int scaling,
                                             const RandomOptions& random,
                                             TensorView<float> out,
@@ -132,8 +131,6 @@ class RandomFeatureMap : public FeatureMap {
     return config_.n_dims.value_or(qk_dim);
   }
   float Temperature(int64_t qk_dim) const;
-  const RandomFeatureConfig& config() const { return config_; }
-  const char* op() const { return op_; }
 
   // Checks x [N, T, H, E] against omega (FailedPrecondition before omega
   // exists) and the context (UnimplementedError unless CPU).

@@ -307,6 +307,33 @@ TEST_F(RandomFeaturesTest, GaussianOrthogonalRandomMatrixFollowsPerformer) {
       }
     }
   }
+  // Without uniform_q (performer 1.1.4) the first row of each block is the
+  // first column of LAPACK's Q, whose first entry is always negative; with
+  // uniform_q each block is Q diag(sign R), i.e. Q^T G has a positive diagonal.
+  for (bool uniform_q : {false, true}) {
+    std::vector<float> w(m * d);
+    ASSERT_TRUE(GaussianOrthogonalRandomMatrix(
+                    1, random, TensorView<float>(w.data(), {m, d}), uniform_q)
+                    .ok());
+    for (int64_t block = 0; block < 2; ++block) {
+      if (!uniform_q) {
+        EXPECT_LT(w[block * d * d], 0.0f) << "block " << block;
+      }
+      for (int64_t j = 0; j < d; ++j) {
+        // (Q^T G)_jj with Q^T = rows of the block / sqrt(d).
+        double r_jj = 0;
+        for (int64_t e = 0; e < d; ++e) {
+          r_jj += w[(block * d + j) * d + e] /
+                  std::sqrt(static_cast<double>(d)) *
+                  RandomNormal(random.seed, random.stream,
+                               block * d * d + e * d + j);
+        }
+        if (uniform_q) {
+          EXPECT_GT(r_jj, 0.0) << "block " << block << " row " << j;
+        }
+      }
+    }
+  }
   std::vector<float> w(m * d);
   const absl::Status bad_scaling = GaussianOrthogonalRandomMatrix(
       2, random, TensorView<float>(w.data(), {m, d}));

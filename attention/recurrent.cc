@@ -24,14 +24,16 @@ absl::Status CheckStepView(const char* op, const char* name,
                            const TensorView<const float>& view) {
   if (view.rank() != 3 || (view.data() == nullptr && view.NumElements() > 0) ||
       view.device().type != DeviceType::kCpu || !view.IsContiguous()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": ", name, " must be a contiguous CPU [N, H, *] tensor, got shape ",
-        view.shape().ToString()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", name,
+                     " must be a contiguous CPU [N, H, *] tensor, got shape ",
+                     view.shape().ToString()));
   }
   return absl::OkStatus();
 }
 
-absl::StatusOr<StepDims> ValidateStep(const char* op, TensorView<const float> query,
+absl::StatusOr<StepDims> ValidateStep(const char* op,
+                                      TensorView<const float> query,
                                       TensorView<const float> key,
                                       TensorView<const float> value,
                                       TensorView<float> out) {
@@ -43,7 +45,9 @@ absl::StatusOr<StepDims> ValidateStep(const char* op, TensorView<const float> qu
   if (key.shape() != query.shape() || value.dim(0) != dims.batch ||
       value.dim(1) != dims.heads || out.shape() != value.shape()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        op, ": expected query and key [N, H, E], value and out [N, H, D]; got query ",
+        op,
+        ": expected query and key [N, H, E], value and out [N, H, D]; got "
+        "query ",
         query.shape().ToString(), ", key ", key.shape().ToString(), ", value ",
         value.shape().ToString(), ", out ", out.shape().ToString()));
   }
@@ -76,8 +80,8 @@ class RunningSums : public RecurrentState {
   StepDims dims;
   int64_t features = 0;
   int64_t steps_ = 0;
-  std::vector<float> kv;       // [N, H, F, D]
-  std::vector<float> key_sum;  // [N, H, F]
+  std::vector<float> kv;                // [N, H, F, D]
+  std::vector<float> key_sum;           // [N, H, F]
   Tensor query_features, key_features;  // [N, 1, H, F]
 };
 
@@ -94,7 +98,8 @@ absl::Status RecurrentFullAttention::Step(const Context& ctx,
                                           TensorView<float> out,
                                           RecurrentState& state) {
   constexpr char kOp[] = "RecurrentFullAttention";
-  FTX_ASSIGN_OR_RETURN(const StepDims dims, ValidateStep(kOp, query, key, value, out));
+  FTX_ASSIGN_OR_RETURN(const StepDims dims,
+                       ValidateStep(kOp, query, key, value, out));
   auto* cache = dynamic_cast<KeyValueCache*>(&state);
   if (cache == nullptr) {
     return absl::InvalidArgumentError(
@@ -107,15 +112,18 @@ absl::Status RecurrentFullAttention::Step(const Context& ctx,
   }
   FTX_RETURN_IF_ERROR(CheckSameDims(kOp, cache->dims, dims));
   const int64_t E = dims.qk_dim, D = dims.value_dim;
-  const float temp = softmax_temp_.value_or(1.0f / std::sqrt(static_cast<float>(E)));
+  const float temp =
+      softmax_temp_.value_or(1.0f / std::sqrt(static_cast<float>(E)));
   const int64_t steps = ++cache->steps_;
-  ctx.pool().ParallelFor(dims.batch * dims.heads, [&](int64_t begin, int64_t end) {
+  ctx.pool().ParallelFor(dims.batch * dims.heads, [&](int64_t begin,
+                                                      int64_t end) {
     std::vector<float> scores(steps);
     for (int64_t nh = begin; nh < end; ++nh) {
       std::vector<float>& keys = cache->keys[nh];
       std::vector<float>& values = cache->values[nh];
       keys.insert(keys.end(), key.data() + nh * E, key.data() + (nh + 1) * E);
-      values.insert(values.end(), value.data() + nh * D, value.data() + (nh + 1) * D);
+      values.insert(values.end(), value.data() + nh * D,
+                    value.data() + (nh + 1) * D);
       const float* q = query.data() + nh * E;
       float max_score = -std::numeric_limits<float>::infinity();
       for (int64_t s = 0; s < steps; ++s) {
@@ -157,13 +165,15 @@ absl::Status RecurrentLinearAttention::Step(const Context& ctx,
                                             TensorView<float> out,
                                             RecurrentState& state) {
   constexpr char kOp[] = "RecurrentLinearAttention";
-  FTX_ASSIGN_OR_RETURN(const StepDims dims, ValidateStep(kOp, query, key, value, out));
+  FTX_ASSIGN_OR_RETURN(const StepDims dims,
+                       ValidateStep(kOp, query, key, value, out));
   auto* sums = dynamic_cast<RunningSums*>(&state);
   if (sums == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": state was not made by this mechanism's NewState"));
   }
-  const int64_t N = dims.batch, H = dims.heads, E = dims.qk_dim, D = dims.value_dim;
+  const int64_t N = dims.batch, H = dims.heads, E = dims.qk_dim,
+                D = dims.value_dim;
   if (sums->steps_ == 0) {
     // fast-transformers draws the feature map once, on the first step.
     FTX_RETURN_IF_ERROR(feature_map_->NewFeatureMap(ctx, E));
@@ -171,18 +181,21 @@ absl::Status RecurrentLinearAttention::Step(const Context& ctx,
     sums->features = feature_map_->FeatureDim(E);
     sums->kv.assign(N * H * sums->features * D, 0.0f);
     sums->key_sum.assign(N * H * sums->features, 0.0f);
-    FTX_ASSIGN_OR_RETURN(sums->query_features,
-                         Tensor::Create(DType::kF32, {N, 1, H, sums->features}));
-    FTX_ASSIGN_OR_RETURN(sums->key_features,
-                         Tensor::Create(DType::kF32, {N, 1, H, sums->features}));
+    FTX_ASSIGN_OR_RETURN(
+        sums->query_features,
+        Tensor::Create(DType::kF32, {N, 1, H, sums->features}));
+    FTX_ASSIGN_OR_RETURN(
+        sums->key_features,
+        Tensor::Create(DType::kF32, {N, 1, H, sums->features}));
   }
   FTX_RETURN_IF_ERROR(CheckSameDims(kOp, sums->dims, dims));
   const int64_t F = sums->features;
   // Feature maps see one-step sequences [N, 1, H, E].
-  FTX_RETURN_IF_ERROR(feature_map_->Forward(ctx, query.Reshape({N, 1, H, E}), true,
-                                            sums->query_features.view<float>()));
-  FTX_RETURN_IF_ERROR(feature_map_->Forward(ctx, key.Reshape({N, 1, H, E}), false,
-                                            sums->key_features.view<float>()));
+  FTX_RETURN_IF_ERROR(
+      feature_map_->Forward(ctx, query.Reshape({N, 1, H, E}), true,
+                            sums->query_features.view<float>()));
+  FTX_RETURN_IF_ERROR(feature_map_->Forward(
+      ctx, key.Reshape({N, 1, H, E}), false, sums->key_features.view<float>()));
   ++sums->steps_;
   const float* qf = sums->query_features.data<float>();
   const float* kf = sums->key_features.data<float>();

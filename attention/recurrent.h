@@ -1,15 +1,16 @@
 // Recurrent (one step at a time) attention for autoregressive decoding, as
-// fast-transformers' recurrent/attention modules: each call sees one new query, key
-// and value per sequence and head, and a state object carries the history:
+// fast-transformers' recurrent/attention modules: each call sees one new query,
+// key and value per sequence and head, and a state object carries the history:
 //   - "full": a KV cache that grows by one entry per step (O(t) per step);
-//   - "linear" / "causal-linear": running sums S = sum phi(k) v^T and z = sum phi(k)
+//   - "linear" / "causal-linear": running sums S = sum phi(k) v^T and z = sum
+//   phi(k)
 //     (O(1) per step in the sequence length).
 // Recurrent cross-attention (fixed keys/values from an encoder memory) lives in
 // recurrent_cross.h.
 //
-// Shapes per step: query [N, H, E], key [N, H, E], value [N, H, D], out [N, H, D].
-// Stepping through a sequence gives the same outputs as the parallel mechanism with a
-// causal mask, position by position (tested).
+// Shapes per step: query [N, H, E], key [N, H, E], value [N, H, D], out [N, H,
+// D]. Stepping through a sequence gives the same outputs as the parallel
+// mechanism with a causal mask, position by position (tested).
 #ifndef FTX_ATTENTION_RECURRENT_H_
 #define FTX_ATTENTION_RECURRENT_H_
 
@@ -41,16 +42,20 @@ class RecurrentAttention {
   virtual std::unique_ptr<RecurrentState> NewState() const = 0;
 
   // One step. The first step fixes N, H, E and D; later steps must match them
-  // (InvalidArgument otherwise), as fast-transformers requires a constant batch.
+  // (InvalidArgument otherwise), as fast-transformers requires a constant
+  // batch.
   virtual absl::Status Step(const Context& ctx, TensorView<const float> query,
-                            TensorView<const float> key, TensorView<const float> value,
+                            TensorView<const float> key,
+                            TensorView<const float> value,
                             TensorView<float> out, RecurrentState& state) = 0;
 };
 
-// R "full": softmax(t q K^T) V over every key so far, t = softmax_temp or 1/sqrt(E).
+// R "full": softmax(t q K^T) V over every key so far, t = softmax_temp or
+// 1/sqrt(E).
 class RecurrentFullAttention : public RecurrentAttention {
  public:
-  explicit RecurrentFullAttention(std::optional<float> softmax_temp = std::nullopt)
+  explicit RecurrentFullAttention(
+      std::optional<float> softmax_temp = std::nullopt)
       : softmax_temp_(softmax_temp) {}
   const char* name() const override { return "full"; }
   std::unique_ptr<RecurrentState> NewState() const override;
@@ -62,12 +67,12 @@ class RecurrentFullAttention : public RecurrentAttention {
   std::optional<float> softmax_temp_;
 };
 
-// R "linear" / "causal-linear": out = phi(q) S / (phi(q) . z + eps) after adding
-// phi(k) v^T to S and phi(k) to z.
+// R "linear" / "causal-linear": out = phi(q) S / (phi(q) . z + eps) after
+// adding phi(k) v^T to S and phi(k) to z.
 class RecurrentLinearAttention : public RecurrentAttention {
  public:
-  explicit RecurrentLinearAttention(std::unique_ptr<FeatureMap> feature_map = nullptr,
-                                    float eps = 1e-6f);
+  explicit RecurrentLinearAttention(
+      std::unique_ptr<FeatureMap> feature_map = nullptr, float eps = 1e-6f);
   const char* name() const override { return "linear"; }
   std::unique_ptr<RecurrentState> NewState() const override;
   absl::Status Step(const Context& ctx, TensorView<const float> query,

@@ -18,35 +18,42 @@ struct CrossDims {
 };
 
 // Checks one step's query/out against the memory; returns the dimensions.
-absl::StatusOr<CrossDims> ValidateCrossStep(const char* op, TensorView<const float> query,
+absl::StatusOr<CrossDims> ValidateCrossStep(const char* op,
+                                            TensorView<const float> query,
                                             TensorView<const float> keys,
                                             TensorView<const float> values,
                                             const LengthMask& key_lengths,
                                             TensorView<float> out) {
   for (const auto& [name, view] :
        {std::pair<const char*, TensorView<const float>>{"query", query},
-        {"keys", keys}, {"values", values}, {"out", out}}) {
+        {"keys", keys},
+        {"values", values},
+        {"out", out}}) {
     if ((view.data() == nullptr && view.NumElements() > 0) ||
         view.device().type != DeviceType::kCpu || !view.IsContiguous()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          op, ": ", name, " must be a contiguous CPU tensor, got ", view.shape().ToString()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(op, ": ", name, " must be a contiguous CPU tensor, got ",
+                       view.shape().ToString()));
     }
   }
-  if (query.rank() != 3 || keys.rank() != 4 || values.rank() != 4 || out.rank() != 3 ||
-      keys.dim(0) != query.dim(0) || keys.dim(2) != query.dim(1) ||
-      keys.dim(3) != query.dim(2) || values.dim(0) != keys.dim(0) ||
-      values.dim(1) != keys.dim(1) || values.dim(2) != keys.dim(2) ||
-      out.dim(0) != query.dim(0) || out.dim(1) != query.dim(1) ||
-      out.dim(2) != values.dim(3)) {
+  if (query.rank() != 3 || keys.rank() != 4 || values.rank() != 4 ||
+      out.rank() != 3 || keys.dim(0) != query.dim(0) ||
+      keys.dim(2) != query.dim(1) || keys.dim(3) != query.dim(2) ||
+      values.dim(0) != keys.dim(0) || values.dim(1) != keys.dim(1) ||
+      values.dim(2) != keys.dim(2) || out.dim(0) != query.dim(0) ||
+      out.dim(1) != query.dim(1) || out.dim(2) != values.dim(3)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        op, ": expected query [N, H, E], keys [N, S, H, E], values [N, S, H, D], out "
-            "[N, H, D]; got ",
+        op,
+        ": expected query [N, H, E], keys [N, S, H, E], values [N, S, H, D], "
+        "out "
+        "[N, H, D]; got ",
         query.shape().ToString(), ", ", keys.shape().ToString(), ", ",
         values.shape().ToString(), ", ", out.shape().ToString()));
   }
   const CrossDims dims{query.dim(0), keys.dim(1), query.dim(1), query.dim(2),
                        values.dim(3)};
-  FTX_RETURN_IF_ERROR(key_lengths.Validate(op, "key_lengths", dims.batch, dims.keys));
+  FTX_RETURN_IF_ERROR(
+      key_lengths.Validate(op, "key_lengths", dims.batch, dims.keys));
   return dims;
 }
 
@@ -86,10 +93,13 @@ std::unique_ptr<RecurrentState> RecurrentCrossFullAttention::NewState() const {
   return std::make_unique<CrossFullState>();
 }
 
-absl::Status RecurrentCrossFullAttention::Step(
-    const Context& ctx, TensorView<const float> query, TensorView<const float> keys,
-    TensorView<const float> values, const LengthMask& key_lengths, TensorView<float> out,
-    RecurrentState& state) {
+absl::Status RecurrentCrossFullAttention::Step(const Context& ctx,
+                                               TensorView<const float> query,
+                                               TensorView<const float> keys,
+                                               TensorView<const float> values,
+                                               const LengthMask& key_lengths,
+                                               TensorView<float> out,
+                                               RecurrentState& state) {
   constexpr char kOp[] = "RecurrentCrossFullAttention";
   auto* cache = dynamic_cast<CrossFullState*>(&state);
   if (cache == nullptr) {
@@ -97,8 +107,9 @@ absl::Status RecurrentCrossFullAttention::Step(
         absl::StrCat(kOp, ": state was not made by this mechanism's NewState"));
   }
   if (cache->steps_ == 0) {
-    FTX_ASSIGN_OR_RETURN(cache->dims,
-                         ValidateCrossStep(kOp, query, keys, values, key_lengths, out));
+    FTX_ASSIGN_OR_RETURN(
+        cache->dims,
+        ValidateCrossStep(kOp, query, keys, values, key_lengths, out));
     cache->keys.assign(keys.data(), keys.data() + keys.NumElements());
     cache->values.assign(values.data(), values.data() + values.NumElements());
     cache->valid_keys.resize(cache->dims.batch);
@@ -108,8 +119,10 @@ absl::Status RecurrentCrossFullAttention::Step(
   }
   const CrossDims& dims = cache->dims;
   FTX_RETURN_IF_ERROR(CheckStepShape(kOp, dims, query));
-  const int64_t S = dims.keys, H = dims.heads, E = dims.qk_dim, D = dims.value_dim;
-  const float temp = softmax_temp_.value_or(1.0f / std::sqrt(static_cast<float>(E)));
+  const int64_t S = dims.keys, H = dims.heads, E = dims.qk_dim,
+                D = dims.value_dim;
+  const float temp =
+      softmax_temp_.value_or(1.0f / std::sqrt(static_cast<float>(E)));
   ++cache->steps_;
   ctx.pool().ParallelFor(dims.batch * H, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(S);
@@ -119,7 +132,8 @@ absl::Status RecurrentCrossFullAttention::Step(
       float* o = out.data() + nh * D;
       std::fill(o, o + D, 0.0f);
       const int64_t valid = cache->valid_keys[n];
-      if (valid == 0) continue;  // every key masked: zero output, as FullAttention
+      if (valid == 0)
+        continue;  // every key masked: zero output, as FullAttention
       float max_score = -std::numeric_limits<float>::infinity();
       for (int64_t s = 0; s < valid; ++s) {
         const float* k = cache->keys.data() + ((n * S + s) * H + h) * E;
@@ -149,14 +163,18 @@ RecurrentCrossLinearAttention::RecurrentCrossLinearAttention(
                                : std::make_unique<ActivationFeatureMap>()),
       eps_(eps) {}
 
-std::unique_ptr<RecurrentState> RecurrentCrossLinearAttention::NewState() const {
+std::unique_ptr<RecurrentState> RecurrentCrossLinearAttention::NewState()
+    const {
   return std::make_unique<CrossLinearState>();
 }
 
-absl::Status RecurrentCrossLinearAttention::Step(
-    const Context& ctx, TensorView<const float> query, TensorView<const float> keys,
-    TensorView<const float> values, const LengthMask& key_lengths, TensorView<float> out,
-    RecurrentState& state) {
+absl::Status RecurrentCrossLinearAttention::Step(const Context& ctx,
+                                                 TensorView<const float> query,
+                                                 TensorView<const float> keys,
+                                                 TensorView<const float> values,
+                                                 const LengthMask& key_lengths,
+                                                 TensorView<float> out,
+                                                 RecurrentState& state) {
   constexpr char kOp[] = "RecurrentCrossLinearAttention";
   auto* sums = dynamic_cast<CrossLinearState*>(&state);
   if (sums == nullptr) {
@@ -164,14 +182,15 @@ absl::Status RecurrentCrossLinearAttention::Step(
         absl::StrCat(kOp, ": state was not made by this mechanism's NewState"));
   }
   if (sums->steps_ == 0) {
-    FTX_ASSIGN_OR_RETURN(sums->dims,
-                         ValidateCrossStep(kOp, query, keys, values, key_lengths, out));
+    FTX_ASSIGN_OR_RETURN(sums->dims, ValidateCrossStep(kOp, query, keys, values,
+                                                       key_lengths, out));
     const CrossDims& d = sums->dims;
     FTX_RETURN_IF_ERROR(feature_map_->NewFeatureMap(ctx, d.qk_dim));
     sums->features = feature_map_->FeatureDim(d.qk_dim);
     const int64_t F = sums->features;
-    FTX_ASSIGN_OR_RETURN(Tensor key_features,
-                         Tensor::Create(DType::kF32, {d.batch, d.keys, d.heads, F}));
+    FTX_ASSIGN_OR_RETURN(
+        Tensor key_features,
+        Tensor::Create(DType::kF32, {d.batch, d.keys, d.heads, F}));
     FTX_RETURN_IF_ERROR(
         feature_map_->Forward(ctx, keys, false, key_features.view<float>()));
     FTX_ASSIGN_OR_RETURN(sums->query_features,
@@ -186,10 +205,12 @@ absl::Status RecurrentCrossLinearAttention::Step(
         float* key_sum = sums->key_sum.data() + nh * F;
         for (int64_t s = 0; s < key_lengths.Length(n, d.keys); ++s) {
           const float* k_row = kf + ((n * d.keys + s) * d.heads + h) * F;
-          const float* v = values.data() + ((n * d.keys + s) * d.heads + h) * d.value_dim;
+          const float* v =
+              values.data() + ((n * d.keys + s) * d.heads + h) * d.value_dim;
           for (int64_t f = 0; f < F; ++f) {
             key_sum[f] += k_row[f];
-            for (int64_t x = 0; x < d.value_dim; ++x) kv[f * d.value_dim + x] += k_row[f] * v[x];
+            for (int64_t x = 0; x < d.value_dim; ++x)
+              kv[f * d.value_dim + x] += k_row[f] * v[x];
           }
         }
       }
@@ -198,9 +219,9 @@ absl::Status RecurrentCrossLinearAttention::Step(
   const CrossDims& dims = sums->dims;
   FTX_RETURN_IF_ERROR(CheckStepShape(kOp, dims, query));
   const int64_t H = dims.heads, D = dims.value_dim, F = sums->features;
-  FTX_RETURN_IF_ERROR(feature_map_->Forward(
-      ctx, query.Reshape({dims.batch, 1, H, dims.qk_dim}), true,
-      sums->query_features.view<float>()));
+  FTX_RETURN_IF_ERROR(
+      feature_map_->Forward(ctx, query.Reshape({dims.batch, 1, H, dims.qk_dim}),
+                            true, sums->query_features.view<float>()));
   ++sums->steps_;
   const float* qf = sums->query_features.data<float>();
   ctx.pool().ParallelFor(dims.batch * H, [&](int64_t begin, int64_t end) {

@@ -1,13 +1,15 @@
 // Recurrent cross-attention for decoders, as fast-transformers'
-// recurrent/attention/cross_attention: each step brings one query per sequence and head
-// and attends to a fixed memory (encoder output) of S keys and values. The memory is
-// read on the first step only and cached in the state, as
+// recurrent/attention/cross_attention: each step brings one query per sequence
+// and head and attends to a fixed memory (encoder output) of S keys and values.
+// The memory is read on the first step only and cached in the state, as
 // RecurrentCrossAttentionLayer does:
 //   - "full": softmax(t q K^T + key-length mask) V, O(S) per step;
-//   - "linear": S = sum_s phi(k_s) v_s^T and z = sum_s phi(k_s) over unpadded keys,
+//   - "linear": S = sum_s phi(k_s) v_s^T and z = sum_s phi(k_s) over unpadded
+//   keys,
 //     computed once; out = phi(q) S / (phi(q) . z + eps), O(1) in S per step.
 //
-// Shapes: query [N, H, E]; keys [N, S, H, E]; values [N, S, H, D]; out [N, H, D].
+// Shapes: query [N, H, E]; keys [N, S, H, E]; values [N, S, H, D]; out [N, H,
+// D].
 #ifndef FTX_ATTENTION_RECURRENT_CROSS_H_
 #define FTX_ATTENTION_RECURRENT_CROSS_H_
 
@@ -29,19 +31,22 @@ class RecurrentCrossAttention {
 
   // keys, values and key_lengths are read on the first step of `state` only.
   virtual absl::Status Step(const Context& ctx, TensorView<const float> query,
-                            TensorView<const float> keys, TensorView<const float> values,
-                            const LengthMask& key_lengths, TensorView<float> out,
-                            RecurrentState& state) = 0;
+                            TensorView<const float> keys,
+                            TensorView<const float> values,
+                            const LengthMask& key_lengths,
+                            TensorView<float> out, RecurrentState& state) = 0;
 };
 
 class RecurrentCrossFullAttention : public RecurrentCrossAttention {
  public:
-  explicit RecurrentCrossFullAttention(std::optional<float> softmax_temp = std::nullopt)
+  explicit RecurrentCrossFullAttention(
+      std::optional<float> softmax_temp = std::nullopt)
       : softmax_temp_(softmax_temp) {}
   const char* name() const override { return "full"; }
   std::unique_ptr<RecurrentState> NewState() const override;
   absl::Status Step(const Context& ctx, TensorView<const float> query,
-                    TensorView<const float> keys, TensorView<const float> values,
+                    TensorView<const float> keys,
+                    TensorView<const float> values,
                     const LengthMask& key_lengths, TensorView<float> out,
                     RecurrentState& state) override;
 
@@ -51,12 +56,13 @@ class RecurrentCrossFullAttention : public RecurrentCrossAttention {
 
 class RecurrentCrossLinearAttention : public RecurrentCrossAttention {
  public:
-  explicit RecurrentCrossLinearAttention(std::unique_ptr<FeatureMap> feature_map = nullptr,
-                                         float eps = 1e-6f);
+  explicit RecurrentCrossLinearAttention(
+      std::unique_ptr<FeatureMap> feature_map = nullptr, float eps = 1e-6f);
   const char* name() const override { return "linear"; }
   std::unique_ptr<RecurrentState> NewState() const override;
   absl::Status Step(const Context& ctx, TensorView<const float> query,
-                    TensorView<const float> keys, TensorView<const float> values,
+                    TensorView<const float> keys,
+                    TensorView<const float> values,
                     const LengthMask& key_lengths, TensorView<float> out,
                     RecurrentState& state) override;
 

@@ -26,8 +26,10 @@ std::vector<float> StepThrough(const Context& ctx,
                                bool change_memory_after_first_step) {
   const AttentionCase& c = data.shape();
   std::vector<double> q = AttentionData::Dense(data.queries());
-  std::vector<float> keys = testing::Cast<float>(AttentionData::Dense(data.keys()));
-  std::vector<float> values = testing::Cast<float>(AttentionData::Dense(data.values()));
+  std::vector<float> keys =
+      testing::Cast<float>(AttentionData::Dense(data.keys()));
+  std::vector<float> values =
+      testing::Cast<float>(AttentionData::Dense(data.values()));
   std::vector<float> result(c.n * c.l * c.h * c.d), query(c.n * c.h * c.e),
       out(c.n * c.h * c.d);
   std::unique_ptr<RecurrentState> state = attention.NewState();

@@ -1,8 +1,9 @@
-// "reformer" against the scalar reference (kernels/reference/clustered_ref.h) in double
-// given the same planes: forward over chunk sizes, rounds, bits, the diagonal mask, attn
-// masks and key lengths (including fully masked rows); backward against central
-// differences with the sort orders asserted unchanged; one chunk = full shared-QK
-// attention whatever the hashing; keys ignored; seeds, dropout, spec, bad inputs.
+// "reformer" against the scalar reference (kernels/reference/clustered_ref.h)
+// in double given the same planes: forward over chunk sizes, rounds, bits, the
+// diagonal mask, attn masks and key lengths (including fully masked rows);
+// backward against central differences with the sort orders asserted unchanged;
+// one chunk = full shared-QK attention whatever the hashing; keys ignored;
+// seeds, dropout, spec, bad inputs.
 #include "attention/reformer.h"
 
 #include <cmath>
@@ -32,12 +33,17 @@ using ::ftx::testing::RandomNormalVector;
 using ::ftx::testing::RandomUniformVector;
 
 reference::AdditiveMaskFn MaskFunction(const AttnMask& mask) {
-  return [mask](int64_t l, int64_t s) { return static_cast<double>(mask.At(l, s)); };
+  return [mask](int64_t l, int64_t s) {
+    return static_cast<double>(mask.At(l, s));
+  };
 }
 
-std::vector<double> Reference(const AttentionCase& c, const ReformerAttentionOptions& options,
-                              const std::vector<float>& planes, const AttentionInputs& inputs,
-                              const std::vector<double>& q, const std::vector<double>& v,
+std::vector<double> Reference(const AttentionCase& c,
+                              const ReformerAttentionOptions& options,
+                              const std::vector<float>& planes,
+                              const AttentionInputs& inputs,
+                              const std::vector<double>& q,
+                              const std::vector<double>& v,
                               std::vector<int64_t>* orders = nullptr) {
   reference::ReformerConfig config;
   config.chunk_size = options.chunk_size;
@@ -48,24 +54,27 @@ std::vector<double> Reference(const AttentionCase& c, const ReformerAttentionOpt
                                                  : 1.0 / std::sqrt(double(c.e));
   config.planes = planes.data();
   std::vector<double> out(c.n * c.l * c.h * c.d);
-  reference::ReformerAttention<double>({c.n, c.l, c.s, c.h, c.e, c.d}, q.data(), v.data(),
-                                       config, MaskFunction(inputs.attn_mask),
-                                       inputs.key_lengths.lengths, out.data(), orders);
+  reference::ReformerAttention<double>(
+      {c.n, c.l, c.s, c.h, c.e, c.d}, q.data(), v.data(), config,
+      MaskFunction(inputs.attn_mask), inputs.key_lengths.lengths, out.data(),
+      orders);
   return out;
 }
 
-std::unique_ptr<ReformerAttention> MakeFixed(const ReformerAttentionOptions& options,
-                                             const std::vector<float>& planes, int64_t E) {
+std::unique_ptr<ReformerAttention> MakeFixed(
+    const ReformerAttentionOptions& options, const std::vector<float>& planes,
+    int64_t E) {
   auto attention = ReformerAttention::Create(options).value();
   EXPECT_TRUE(attention
-                  ->SetPlanes(TensorView<const float>(planes.data(),
-                                                      {options.rounds, options.bits, E}))
+                  ->SetPlanes(TensorView<const float>(
+                      planes.data(), {options.rounds, options.bits, E}))
                   .ok());
   return attention;
 }
 
 std::vector<float> RunForward(const Context& ctx, Attention& attention,
-                              const AttentionInputs& inputs, const AttentionCase& c,
+                              const AttentionInputs& inputs,
+                              const AttentionCase& c,
                               AttentionCache* cache = nullptr) {
   std::vector<float> out(c.n * c.l * c.h * c.d, NAN);
   const absl::Status status = attention.Forward(
@@ -108,9 +117,9 @@ TEST_F(ReformerAttentionTest, ForwardMatchesReference) {
     const std::vector<double> v = AttentionData::Dense(data.values());
     std::vector<float> additive = RandomUniformVector(c.l * c.l, 8, -1, 1);
     additive[0] = -std::numeric_limits<float>::infinity();
-    const AttnMask masks[] = {
-        AttnMask::All(), AttnMask::Causal(),
-        AttnMask::Additive(TensorView<const float>(additive.data(), {c.l, c.l}))};
+    const AttnMask masks[] = {AttnMask::All(), AttnMask::Causal(),
+                              AttnMask::Additive(TensorView<const float>(
+                                  additive.data(), {c.l, c.l}))};
     for (const AttnMask& mask : masks) {
       for (int64_t rounds : {1, 3}) {
         for (int64_t bits : {2, 63}) {
@@ -131,13 +140,15 @@ TEST_F(ReformerAttentionTest, ForwardMatchesReference) {
               const std::vector<float> planes =
                   RandomNormalVector(rounds * bits * c.e, 30 + rounds + bits);
               auto attention = MakeFixed(options, planes, c.e);
-              const std::vector<float> out = RunForward(*ctx_, *attention, inputs, c);
+              const std::vector<float> out =
+                  RunForward(*ctx_, *attention, inputs, c);
               const std::vector<double> expected =
                   Reference(c, options, planes, inputs, q, v);
               EXPECT_TRUE(AllNear(out, expected, {1e-5, 1e-4}))
                   << "L " << c.l << " chunk " << test.chunk << " mask "
-                  << static_cast<int>(mask.kind()) << " rounds " << rounds << " bits "
-                  << bits << " masked " << masked << " padded " << padded;
+                  << static_cast<int>(mask.kind()) << " rounds " << rounds
+                  << " bits " << bits << " masked " << masked << " padded "
+                  << padded;
             }
           }
         }
@@ -155,8 +166,10 @@ TEST_F(ReformerAttentionTest, OneChunkIsFullSharedQKAttention) {
   std::vector<double> k(q.size());
   for (size_t row = 0; row < q.size() / c.e; ++row) {
     double norm = 0;
-    for (int64_t e = 0; e < c.e; ++e) norm += q[row * c.e + e] * q[row * c.e + e];
-    for (int64_t e = 0; e < c.e; ++e) k[row * c.e + e] = q[row * c.e + e] / std::sqrt(norm);
+    for (int64_t e = 0; e < c.e; ++e)
+      norm += q[row * c.e + e] * q[row * c.e + e];
+    for (int64_t e = 0; e < c.e; ++e)
+      k[row * c.e + e] = q[row * c.e + e] / std::sqrt(norm);
   }
   const double temp = 1.0 / std::sqrt(double(c.e));
   for (int64_t rounds : {1, 3}) {
@@ -178,7 +191,8 @@ TEST_F(ReformerAttentionTest, OneChunkIsFullSharedQKAttention) {
         reference::FullAttention<double>(
             {c.n, c.l, c.s, c.h, c.e, c.d}, q.data(), k.data(), v.data(), temp,
             [&](int64_t l, int64_t s) {
-              return double(mask.At(l, s)) + (masked && l == s ? -1e9 * temp : 0.0);
+              return double(mask.At(l, s)) +
+                     (masked && l == s ? -1e9 * temp : 0.0);
             },
             inputs.key_lengths.lengths, expected.data());
         EXPECT_TRUE(AllNear(out, expected, {1e-5, 1e-4}))
@@ -233,9 +247,11 @@ TEST_F(ReformerAttentionTest, DropoutBackwardMatchesDirectionalDifferences) {
   const auto inputs_for = [&](const std::vector<float>& queries,
                               const std::vector<float>& values) {
     AttentionInputs inputs;
-    inputs.queries = TensorView<const float>(queries.data(), {c.n, c.l, c.h, c.e});
+    inputs.queries =
+        TensorView<const float>(queries.data(), {c.n, c.l, c.h, c.e});
     inputs.keys = inputs.queries;
-    inputs.values = TensorView<const float>(values.data(), {c.n, c.l, c.h, c.d});
+    inputs.values =
+        TensorView<const float>(values.data(), {c.n, c.l, c.h, c.d});
     inputs.training = true;
     inputs.seed = 5;
     return inputs;
@@ -244,13 +260,14 @@ TEST_F(ReformerAttentionTest, DropoutBackwardMatchesDirectionalDifferences) {
   AttentionCache cache;
   RunForward(*ctx_, *attention, inputs_for(q, v), c, &cache);
   std::vector<float> d_q(q.size()), d_k(q.size()), d_v(v.size());
-  ASSERT_TRUE(attention
-                  ->Backward(*ctx_, inputs_for(q, v), cache,
-                             TensorView<const float>(w.data(), {c.n, c.l, c.h, c.d}),
-                             {TensorView<float>(d_q.data(), {c.n, c.l, c.h, c.e}),
-                              TensorView<float>(d_k.data(), {c.n, c.l, c.h, c.e}),
-                              TensorView<float>(d_v.data(), {c.n, c.l, c.h, c.d})})
-                  .ok());
+  ASSERT_TRUE(
+      attention
+          ->Backward(*ctx_, inputs_for(q, v), cache,
+                     TensorView<const float>(w.data(), {c.n, c.l, c.h, c.d}),
+                     {TensorView<float>(d_q.data(), {c.n, c.l, c.h, c.e}),
+                      TensorView<float>(d_k.data(), {c.n, c.l, c.h, c.e}),
+                      TensorView<float>(d_v.data(), {c.n, c.l, c.h, c.d})})
+          .ok());
   const std::vector<float> q_dir = RandomUniformVector(q.size(), 4);
   const std::vector<float> v_dir = RandomUniformVector(v.size(), 5);
   double analytic = 0;
@@ -264,9 +281,10 @@ TEST_F(ReformerAttentionTest, DropoutBackwardMatchesDirectionalDifferences) {
     for (size_t i = 0; i < q.size(); ++i) q_moved[i] += sign * step * q_dir[i];
     for (size_t i = 0; i < v.size(); ++i) v_moved[i] += sign * step * v_dir[i];
     AttentionCache moved;
-    const std::vector<float> out = RunForward(*ctx_, *attention, inputs_for(q_moved, v_moved),
-                                              c, &moved);
-    ASSERT_EQ(SortOrders(moved), SortOrders(cache)) << "the step changed the sort orders";
+    const std::vector<float> out =
+        RunForward(*ctx_, *attention, inputs_for(q_moved, v_moved), c, &moved);
+    ASSERT_EQ(SortOrders(moved), SortOrders(cache))
+        << "the step changed the sort orders";
     loss[side] = 0;
     for (size_t i = 0; i < out.size(); ++i) loss[side] += double(out[i]) * w[i];
   }
@@ -333,7 +351,8 @@ TEST_F(ReformerAttentionTest, SpecFollowsFastTransformersRegistry) {
   EXPECT_EQ(std::get<int64_t>(*options.at("rounds")->default_value), 4);
   EXPECT_FALSE(std::get<bool>(*options.at("masked")->default_value));
   EXPECT_FALSE(options.at("softmax_temp")->default_value.has_value());
-  EXPECT_DOUBLE_EQ(std::get<double>(*options.at("attention_dropout")->default_value), 0.1);
+  EXPECT_DOUBLE_EQ(
+      std::get<double>(*options.at("attention_dropout")->default_value), 0.1);
   EXPECT_EQ(std::get<int64_t>(*options.at("seed")->default_value), 0);
   AttentionOptions values;
   values.Set("chunk_size", int64_t{8});
@@ -347,14 +366,16 @@ TEST_F(ReformerAttentionTest, SpecFollowsFastTransformersRegistry) {
   EXPECT_EQ(reformer.options().bits, 63);
   EXPECT_EQ(reformer.options().rounds, 4);
   values.Set("rounds", int64_t{0});
-  EXPECT_EQ(spec.factory(values, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(spec.factory(values, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(ReformerAttentionTest, BadInputsAreErrors) {
   ReformerAttentionOptions options;
   options.chunk_size = 0;
-  EXPECT_NE(ReformerAttention::Create(options).status().message().find("chunk_size"),
-            std::string::npos);
+  EXPECT_NE(
+      ReformerAttention::Create(options).status().message().find("chunk_size"),
+      std::string::npos);
   options.chunk_size = 4;
   options.attention_dropout = -0.5f;
   EXPECT_EQ(ReformerAttention::Create(options).status().code(),
@@ -377,16 +398,22 @@ TEST_F(ReformerAttentionTest, BadInputsAreErrors) {
   attention = ReformerAttention::Create(options).value();
   EXPECT_TRUE(attention->Forward(*ctx_, inputs, out, nullptr).ok());
   // Values with S != L.
-  AttentionInputs cross{.queries = q,
-                        .keys = TensorView<const float>(buffer.data(), {1, 3, 2, 3}),
-                        .values = TensorView<const float>(buffer.data(), {1, 3, 2, 5})};
+  AttentionInputs cross{
+      .queries = q,
+      .keys = TensorView<const float>(buffer.data(), {1, 3, 2, 3}),
+      .values = TensorView<const float>(buffer.data(), {1, 3, 2, 5})};
   status = attention->Forward(*ctx_, cross, out, nullptr);
-  EXPECT_NE(status.message().find("self-attention"), std::string::npos) << status;
-  // Planes.
-  status = attention->SetPlanes(TensorView<const float>(buffer.data(), {4, 62, 3}));
-  EXPECT_NE(status.message().find("[rounds, bits, E] = [4, 63, E]"), std::string::npos)
+  EXPECT_NE(status.message().find("self-attention"), std::string::npos)
       << status;
-  ASSERT_TRUE(attention->SetPlanes(TensorView<const float>(buffer.data(), {4, 63, 2})).ok());
+  // Planes.
+  status =
+      attention->SetPlanes(TensorView<const float>(buffer.data(), {4, 62, 3}));
+  EXPECT_NE(status.message().find("[rounds, bits, E] = [4, 63, E]"),
+            std::string::npos)
+      << status;
+  ASSERT_TRUE(
+      attention->SetPlanes(TensorView<const float>(buffer.data(), {4, 63, 2}))
+          .ok());
   status = attention->Forward(*ctx_, inputs, out, nullptr);
   EXPECT_NE(status.message().find("expected [rounds, bits, E] = [4, 63, 3]"),
             std::string::npos)
@@ -394,19 +421,25 @@ TEST_F(ReformerAttentionTest, BadInputsAreErrors) {
   // Strides, null data, wrong shapes.
   attention = ReformerAttention::Create(options).value();
   AttentionInputs strided = inputs;
-  strided.queries = TensorView<const float>(buffer.data(), {1, 6, 2, 3}, {72, 12, 6, 2});
-  EXPECT_NE(attention->Forward(*ctx_, strided, out, nullptr).message().find("unit stride"),
+  strided.queries =
+      TensorView<const float>(buffer.data(), {1, 6, 2, 3}, {72, 12, 6, 2});
+  EXPECT_NE(attention->Forward(*ctx_, strided, out, nullptr)
+                .message()
+                .find("unit stride"),
             std::string::npos);
   AttentionInputs null_values = inputs;
   null_values.values = TensorView<const float>(nullptr, {1, 6, 2, 5});
-  EXPECT_NE(attention->Forward(*ctx_, null_values, out, nullptr).message().find("null data"),
-            std::string::npos);
-  EXPECT_NE(attention
-                ->Forward(*ctx_, inputs, TensorView<float>(buffer.data(), {1, 6, 2, 4}),
-                          nullptr)
+  EXPECT_NE(attention->Forward(*ctx_, null_values, out, nullptr)
                 .message()
-                .find("out has shape"),
+                .find("null data"),
             std::string::npos);
+  EXPECT_NE(
+      attention
+          ->Forward(*ctx_, inputs,
+                    TensorView<float>(buffer.data(), {1, 6, 2, 4}), nullptr)
+          .message()
+          .find("out has shape"),
+      std::string::npos);
   // Backward without a cache.
   std::vector<float> grad(200);
   status = attention->Backward(*ctx_, inputs, AttentionCache(), out,

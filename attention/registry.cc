@@ -42,7 +42,8 @@ std::optional<double> AttentionOptions::Float(const std::string& name) const {
   auto it = values_.find(name);
   if (it == values_.end()) return std::nullopt;
   if (const double* d = std::get_if<double>(&it->second)) return *d;
-  if (const int64_t* i = std::get_if<int64_t>(&it->second)) return static_cast<double>(*i);
+  if (const int64_t* i = std::get_if<int64_t>(&it->second))
+    return static_cast<double>(*i);
   return std::nullopt;
 }
 
@@ -53,7 +54,8 @@ std::optional<bool> AttentionOptions::Bool(const std::string& name) const {
   return std::nullopt;
 }
 
-std::optional<std::string> AttentionOptions::String(const std::string& name) const {
+std::optional<std::string> AttentionOptions::String(
+    const std::string& name) const {
   auto it = values_.find(name);
   if (it == values_.end()) return std::nullopt;
   if (const std::string* s = std::get_if<std::string>(&it->second)) return *s;
@@ -62,12 +64,27 @@ std::optional<std::string> AttentionOptions::String(const std::string& name) con
 
 absl::Status AttentionRegistry::Register(AttentionSpec spec) {
   if (spec.name.empty() || spec.name.find_first_of(":,") != std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "attention name \"", spec.name, "\" must be non-empty without ':' or ','"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("attention name \"", spec.name,
+                     "\" must be non-empty without ':' or ','"));
   }
   if (spec.inner_count < 0 || !spec.factory) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("attention \"", spec.name, "\" needs a factory and inner_count >= 0"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "attention \"", spec.name, "\" needs a factory and inner_count >= 0"));
+  }
+  // The builder sets options by name for every mechanism at once, so one name
+  // must mean one type everywhere.
+  for (const OptionSpec& option : spec.options) {
+    for (const auto& [other_name, other] : specs_) {
+      for (const OptionSpec& existing : other.options) {
+        if (existing.name == option.name && existing.type != option.type) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "attention \"", spec.name, "\" declares option \"", option.name,
+              "\" as ", OptionTypeName(option.type), " but \"", other_name,
+              "\" declares it as ", OptionTypeName(existing.type)));
+        }
+      }
+    }
   }
   if (specs_.count(spec.name) > 0) {
     return absl::InvalidArgumentError(

@@ -1,7 +1,8 @@
-// Attention registry: string names -> factories with typed, documented options, as
-// fast-transformers' AttentionRegistry (attention_registry/registry.py), but with
-// explicit registration (RegisterBuiltinAttentions) instead of import-time side
-// effects. Option names and defaults follow fast-transformers' registry entries.
+// Attention registry: string names -> factories with typed, documented options,
+// as fast-transformers' AttentionRegistry (attention_registry/registry.py), but
+// with explicit registration (RegisterBuiltinAttentions) instead of import-time
+// side effects. Option names and defaults follow fast-transformers' registry
+// entries.
 //
 // Example:
 //   AttentionRegistry registry;
@@ -40,7 +41,8 @@ std::string OptionValueToString(const OptionValue& value);
 struct OptionSpec {
   std::string name;
   OptionType type;
-  // Default; empty for required options and for "derived" defaults described in help.
+  // Default; empty for required options and for "derived" defaults described in
+  // help.
   std::optional<OptionValue> default_value;
   std::string help;
   bool required = false;
@@ -49,10 +51,13 @@ struct OptionSpec {
 // Option values given to a factory, already checked against the spec.
 class AttentionOptions {
  public:
-  void Set(const std::string& name, OptionValue value) { values_[name] = std::move(value); }
+  void Set(const std::string& name, OptionValue value) {
+    values_[name] = std::move(value);
+  }
   bool Has(const std::string& name) const { return values_.count(name) > 0; }
 
-  // Typed reads; the spec's default applies when unset (the builder fills defaults in).
+  // Typed reads; the spec's default applies when unset (the builder fills
+  // defaults in).
   std::optional<int64_t> Int(const std::string& name) const;
   std::optional<double> Float(const std::string& name) const;
   std::optional<bool> Bool(const std::string& name) const;
@@ -62,15 +67,18 @@ class AttentionOptions {
   std::map<std::string, OptionValue> values_;
 };
 
-// Builds one mechanism from options; decorators ("conditional-full") also receive the
-// mechanisms they wrap.
-using AttentionFactory = std::function<absl::StatusOr<std::unique_ptr<Attention>>(
-    const AttentionOptions& options, std::vector<std::unique_ptr<Attention>> inner)>;
+// Builds one mechanism from options; decorators ("conditional-full") also
+// receive the mechanisms they wrap.
+using AttentionFactory =
+    std::function<absl::StatusOr<std::unique_ptr<Attention>>(
+        const AttentionOptions& options,
+        std::vector<std::unique_ptr<Attention>> inner)>;
 
-// Step-wise forms for decoding (fast-transformers' RecurrentAttentionRegistry and
-// RecurrentCrossAttentionRegistry entries of the same name).
-using RecurrentFactory = std::function<absl::StatusOr<std::unique_ptr<RecurrentAttention>>(
-    const AttentionOptions& options)>;
+// Step-wise forms for decoding (fast-transformers' RecurrentAttentionRegistry
+// and RecurrentCrossAttentionRegistry entries of the same name).
+using RecurrentFactory =
+    std::function<absl::StatusOr<std::unique_ptr<RecurrentAttention>>(
+        const AttentionOptions& options)>;
 using RecurrentCrossFactory =
     std::function<absl::StatusOr<std::unique_ptr<RecurrentCrossAttention>>(
         const AttentionOptions& options)>;
@@ -79,7 +87,8 @@ struct AttentionSpec {
   std::string name;
   std::string description;
   std::vector<OptionSpec> options;
-  // Number of inner mechanisms a decorator takes ("a:b" syntax); 0 for plain ones.
+  // Number of inner mechanisms a decorator takes ("a:b" syntax); 0 for plain
+  // ones.
   int inner_count = 0;
   AttentionFactory factory;
   // Empty when the mechanism has no recurrent (self) or recurrent cross form.

@@ -8,7 +8,8 @@
 
 namespace ftx {
 
-absl::StatusOr<RotaryEmbedding> RotaryEmbedding::Create(const RotaryOptions& options) {
+absl::StatusOr<RotaryEmbedding> RotaryEmbedding::Create(
+    const RotaryOptions& options) {
   if (options.rotary_dim <= 0 || options.rotary_dim % 2 != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "rotary_dim must be even and positive, got ", options.rotary_dim));
@@ -22,12 +23,15 @@ absl::StatusOr<RotaryEmbedding> RotaryEmbedding::Create(const RotaryOptions& opt
 
 int64_t RotaryEmbedding::XTransformersRotaryDim(int64_t dim_head,
                                                 int64_t rotary_emb_dim) {
-  return std::max<int64_t>(rotary_emb_dim > 0 ? rotary_emb_dim : dim_head / 2, 32);
+  return std::max<int64_t>(rotary_emb_dim > 0 ? rotary_emb_dim : dim_head / 2,
+                           32);
 }
 
 absl::Status RotaryEmbedding::Rotate(const Context& ctx, TensorView<float> x,
-                                     int64_t position_offset, double direction) const {
-  if (x.rank() != 4 || !x.IsContiguous() || x.device().type != DeviceType::kCpu ||
+                                     int64_t position_offset,
+                                     double direction) const {
+  if (x.rank() != 4 || !x.IsContiguous() ||
+      x.device().type != DeviceType::kCpu ||
       (x.data() == nullptr && x.NumElements() > 0)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "RotaryEmbedding: expected a contiguous CPU [N, T, H, E] tensor, got ",
@@ -36,8 +40,9 @@ absl::Status RotaryEmbedding::Rotate(const Context& ctx, TensorView<float> x,
   const int64_t rotary_dim = options_.rotary_dim;
   const int64_t N = x.dim(0), T = x.dim(1), H = x.dim(2), E = x.dim(3);
   if (E < rotary_dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "RotaryEmbedding: head dimension ", E, " is smaller than rotary_dim ", rotary_dim));
+    return absl::InvalidArgumentError(
+        absl::StrCat("RotaryEmbedding: head dimension ", E,
+                     " is smaller than rotary_dim ", rotary_dim));
   }
   const int64_t pairs = rotary_dim / 2;
   std::vector<double> frequencies(pairs);
@@ -76,7 +81,8 @@ absl::Status RotaryEmbedding::Forward(const Context& ctx, TensorView<float> x,
   return Rotate(ctx, x, position_offset, 1.0);
 }
 
-absl::Status RotaryEmbedding::Backward(const Context& ctx, TensorView<float> d_x,
+absl::Status RotaryEmbedding::Backward(const Context& ctx,
+                                       TensorView<float> d_x,
                                        int64_t position_offset) const {
   // A rotation's transpose is the rotation by the opposite angle.
   return Rotate(ctx, d_x, position_offset, -1.0);

@@ -131,8 +131,8 @@ absl::Status TalkingHeadsAttention::Forward(const Context& ctx,
                                inputs.keys.Select(2, h), dots.Select(0, h),
                                {.transpose_b = true, .alpha = t}));
   }
-  // Pre-softmax mixing over heads: logits [H, N L S] = W_pre [H, H] dots [H, N
-  // L S].
+  // Pre-softmax mixing over heads:
+  //   logits [H, N L S] = W_pre [H, H] dots [H, N L S].
   FTX_RETURN_IF_ERROR(MatMul(ctx, Matrix(pre_weight_),
                              dots.Reshape({dims.heads, per_head}),
                              probabilities.Reshape({dims.heads, per_head})));
@@ -152,8 +152,8 @@ absl::Status TalkingHeadsAttention::Forward(const Context& ctx,
                      kDropoutStream, 0, probabilities.NumElements(),
                      probabilities.data(), attended.data());
   }
-  // Post-softmax mixing: P_mixed [H, N L S] = W_post [H, H] attended [H, N L
-  // S].
+  // Post-softmax mixing:
+  //   P_mixed [H, N L S] = W_post [H, H] attended [H, N L S].
   FTX_RETURN_IF_ERROR(MatMul(ctx, Matrix(post_weight_),
                              attended.Reshape({dims.heads, per_head}),
                              mixed.Reshape({dims.heads, per_head})));
@@ -185,8 +185,7 @@ absl::Status TalkingHeadsAttention::Backward(const Context& ctx,
       cache.saved[kDots].shape() != scores_shape) {
     return absl::FailedPreconditionError(
         "TalkingHeadsAttentionBackward: the cache does not come from a Forward "
-        "with "
-        "these inputs (pass a cache to Forward)");
+        "with these inputs (pass a cache to Forward)");
   }
   const int64_t per_head = dims.batch * dims.queries * dims.keys;
   const Shape flat{dims.heads, per_head};
@@ -209,8 +208,8 @@ absl::Status TalkingHeadsAttention::Backward(const Context& ctx,
   TensorView<float> grad_a = grad_scratch_.saved[kGradA].view<float>();
   TensorView<float> grad_b = grad_scratch_.saved[kGradB].view<float>();
 
-  // d_P_mixed_h [N, L, S] = d_out_h V_h^T;  d_V_h [N, S, D] = P_mixed_h^T
-  // d_out_h.
+  // d_P_mixed_h [N, L, S] = d_out_h V_h^T;
+  // d_V_h [N, S, D] = P_mixed_h^T d_out_h.
   for (int64_t h = 0; h < dims.heads; ++h) {
     const TensorView<const float> d_out_h = d_out.Select(2, h);
     FTX_RETURN_IF_ERROR(MatMul(ctx, d_out_h, inputs.values.Select(2, h),
@@ -237,8 +236,8 @@ absl::Status TalkingHeadsAttention::Backward(const Context& ctx,
   FTX_RETURN_IF_ERROR(NormalizeBackward(
       ctx, normalizer(), probabilities.Reshape(rows),
       d_probabilities.Reshape(rows), d_probabilities.Reshape(rows), 1.0f));
-  // d_W_pre += d_logits dots^T;  d_dots = W_pre^T d_logits (grad_a's memory is
-  // free again: d_P_mixed is spent).
+  // d_W_pre += d_logits dots^T;  d_dots = W_pre^T d_logits, into grad_a
+  // (d_P_mixed is spent).
   FTX_RETURN_IF_ERROR(MatMul(ctx, d_probabilities, dots, Matrix(pre_grad_),
                              {.transpose_b = true, .beta = 1.0f}));
   const TensorView<float> d_dots = grad_a;

@@ -1,34 +1,34 @@
-// "talking-heads": talking-heads attention (Shazeer et al. 2020, "Talking-Heads
-// Attention"), as x-transformers 0.26.6's Attention with talking_heads = True
-// (SEMANTICS.md section 6.2, steps 9-18): learned H x H mixings over the head
-// axis of the logits before the normaliser and of the probabilities after it,
-// per (n, l, s):
-//   dots[h]    = t * q_h . k_h,                      t = softmax_temp or
-//   1/sqrt(E) mixed[j]   = sum_h W_pre[j, h] dots[h] + attn_mask(l, s) +
-//   key_length_mask P[j]       = normalize(sparse_topk(mixed[j]))    (softmax,
-//   or entmax-1.5) P_mixed[j] = sum_h W_post[j, h] dropout(P[h]),   out_j =
-//   sum_s P_mixed[j] v_j.
+// "talking-heads": talking-heads attention (Shazeer et al. 2020,
+// "Talking-Heads Attention"), as x-transformers 0.26.6's Attention with
+// talking_heads = True (SEMANTICS.md section 6.2, steps 9-18): learned H x H
+// mixings over the head axis of the logits before the normaliser and of the
+// probabilities after it. Per (n, l, s), with t = softmax_temp or 1/sqrt(E):
+//   dots[h]    = t * q_h . k_h
+//   mixed[j]   = sum_h W_pre[j, h] dots[h] + attn_mask(l, s) + key_length_mask
+//   P[j]       = normalize(sparse_topk(mixed[j]))   (softmax or entmax-1.5)
+//   P_mixed[j] = sum_h W_post[j, h] dropout(P[h])
+//   out_j      = sum_s P_mixed[j] v_j
 // The mixings are x-transformers' Conv2d(H, H, 1, bias=False) modules, so the
 // parameters are "pre_softmax_talking_heads.weight" and
-// "post_softmax_talking_heads.weight" of shape [H, H, 1, 1], initialised as
-// PyTorch initialises a Conv2d (kaiming_uniform with a = sqrt(5): U(-1/sqrt(H),
-// 1/sqrt(H))) from the Philox stream of `seed`. (x-transformers 2.x initialises
-// them to the identity; set them through Parameters() to reproduce that.)
-// Identity mixings give "full" attention.
+// "post_softmax_talking_heads.weight" of shape [H, H, 1, 1] (output head,
+// input head), initialised as PyTorch initialises a Conv2d (kaiming_uniform
+// with a = sqrt(5), i.e. U(-1/sqrt(H), 1/sqrt(H))) from the Philox stream of
+// `seed`. Identity mixings give "full" attention.
 //
 // The head count comes from the option n_heads (required), so the parameters
 // exist before the first Forward; inputs with another H are InvalidArgument.
 //
 // Masks as in x-transformers: the mixing sees unmasked logits, the masks are
 // applied to the mixed logits, then the optional sparse_topk (keep entries >=
-// the k-th largest, ties kept) and the normaliser. x-transformers fills masked
-// entries with -finfo.max, ftx with -inf: a query whose keys are all masked
-// gets a uniform row there and a zero row here. Query lengths are ignored.
-// Dropout (x-transformers default 0) applies only in training, from the Philox
-// stream of AttentionInputs::seed, between the normaliser and the post-softmax
-// mixing.
+// the k-th largest, ties kept) and the normaliser. x-transformers 0.26.6 fills
+// masked entries with -finfo.max, ftx with -inf: a query whose keys are all
+// masked gets a uniform row there and a zero row here (later x-transformers
+// zero such outputs too). Query lengths are ignored. Dropout (x-transformers
+// default 0) applies only in training, from the Philox stream of
+// AttentionInputs::seed, between the normaliser and the post-softmax mixing.
 //
-// Cost: O(N H L S (E + D + H)) time, O(N H L S) memory (4 saved score tensors).
+// Cost: O(N H L S (E + D + H)) time; O(N H L S) memory (three saved score
+// tensors, four with dropout).
 #ifndef FTX_ATTENTION_TALKING_HEADS_H_
 #define FTX_ATTENTION_TALKING_HEADS_H_
 

@@ -6,7 +6,7 @@ failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
 list=$("$ftx" attention list) || fail "ftx attention list exited non-zero"
-for name in full linear causal-linear linformer; do
+for name in full linear causal-linear favor linformer local local-windowed mixed-local-linear clustered improved-clustered causal-improved-clustered reformer exact-topk talking-heads conditional-full aft-full aft-simple; do
   grep -q "^$name" <<<"$list" || fail "ftx attention list does not show \"$name\""
 done
 grep -q -- "--attention_dropout (float, default 0.1)" <<<"$list" ||

@@ -8,10 +8,11 @@
 #include <algorithm>
 #include <cstring>
 
-#undef HWY_TARGET_INCLUDE
-#define HWY_TARGET_INCLUDE "kernels/causal_product/causal_product_cpu.cc"
 #include "hwy/aligned_allocator.h"
 #include "hwy/cache_control.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/causal_product/causal_product_cpu.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "kernels/causal_product/causal_product-inl.h"
@@ -65,8 +66,8 @@ void CausalSweep(const Context& ctx, bool reverse, TensorView<const float> a,
   const int64_t c_floats = RoundUp(chunk * y_padded, kScratchAlignFloats);
   const int64_t state_floats = x_padded * y_padded;
   const int64_t work_per_sequence = length * (x_padded + 1) * y_padded;
-  // Sweep position `index` reads and writes sequence step StepOf(index).
-  const auto StepOf = [&](int64_t index) {
+  // Sweep position `index` reads and writes sequence step step_of(index).
+  const auto step_of = [&](int64_t index) {
     return reverse ? length - 1 - index : index;
   };
   ctx.pool().ParallelFor(
@@ -89,18 +90,18 @@ void CausalSweep(const Context& ctx, bool reverse, TensorView<const float> a,
           for (int64_t start = 0; start < length; start += chunk) {
             const int64_t rows = std::min(chunk, length - start);
             for (int64_t r = 0; r < rows; ++r) {
-              const int64_t step = StepOf(start + r);
+              const int64_t step = step_of(start + r);
               CopyRow(SequenceRow(a, n, step, h), x_dim, a_rows + r * x_padded);
               CopyRow(SequenceRow(b, n, step, h), x_dim, b_rows + r * x_padded);
               CopyRow(SequenceRow(c, n, step, h), y_dim, c_rows + r * y_padded);
             }
-            // The rows of the next chunk are far apart in memory (L * H
-            // rows of all heads interleave), which defeats the hardware
-            // prefetchers; ask for them while this chunk computes.
+            // Consecutive steps of a sequence are H rows apart (the heads
+            // interleave), which the hardware prefetchers follow poorly: ask
+            // for the next chunk's rows while this one computes.
             const int64_t next_start = start + rows;
             const int64_t next_rows = std::min(chunk, length - next_start);
             for (int64_t r = 0; r < next_rows; ++r) {
-              const int64_t step = StepOf(next_start + r);
+              const int64_t step = step_of(next_start + r);
               PrefetchRow(SequenceRow(a, n, step, h), x_dim);
               PrefetchRow(SequenceRow(b, n, step, h), x_dim);
               PrefetchRow(SequenceRow(c, n, step, h), y_dim);
@@ -109,7 +110,7 @@ void CausalSweep(const Context& ctx, bool reverse, TensorView<const float> a,
             CausalSweepChunk(rows, x_padded, y_padded, a_rows, b_rows, c_rows,
                              state, out_rows);
             for (int64_t r = 0; r < rows; ++r) {
-              const int64_t step = StepOf(start + r);
+              const int64_t step = step_of(start + r);
               CopyRow(out_rows + r * y_padded, y_dim,
                       SequenceRow(out, n, step, h));
             }

@@ -187,12 +187,14 @@ HWY_INLINE void MicroKernel(size_t kc, const float* HWY_RESTRICT a, size_t lda,
   }
 
   // Edge tile: through a buffer, then only the valid elements.
-  HWY_ALIGN float tile[kTileRows * kTileVectors * HWY_MAX_BYTES / sizeof(float)];
+  HWY_ALIGN float
+      tile[kTileRows * kTileVectors * HWY_MAX_BYTES / sizeof(float)];
   HWY_UNROLL(kTileRows)
   for (size_t r = 0; r < kTileRows; ++r) {
     HWY_UNROLL(kTileVectors)
     for (size_t v = 0; v < kTileVectors; ++v) {
-      hn::Store(hn::Mul(alpha_v, acc[r][v]), d, tile + r * tile_cols + v * lanes);
+      hn::Store(hn::Mul(alpha_v, acc[r][v]), d,
+                tile + r * tile_cols + v * lanes);
     }
   }
   for (size_t r = 0; r < rows; ++r) {

@@ -41,7 +41,8 @@ cpu::GemmMatrix<T> MatrixOf(const TensorView<T>& view) {
   const int64_t cols = view.dim(rank - 1);
   cpu::GemmMatrix<T> matrix;
   matrix.data = view.data();
-  matrix.row_stride = std::max<int64_t>(1, rows > 1 ? view.stride(rank - 2) : cols);
+  matrix.row_stride =
+      std::max<int64_t>(1, rows > 1 ? view.stride(rank - 2) : cols);
   matrix.batch_stride = rank == 3 && view.dim(0) > 1 ? view.stride(0) : 0;
   return matrix;
 }
@@ -77,9 +78,9 @@ absl::Status CheckOperand(absl::string_view op, absl::string_view name,
         view.stride(rank - 1)));
   }
   if (rows > 1 && view.stride(rank - 2) < cols) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": ", name, " has row stride ", view.stride(rank - 2),
-        ", smaller than its ", cols, " columns"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", name, " has row stride ", view.stride(rank - 2),
+                     ", smaller than its ", cols, " columns"));
   }
   if (rank == 3 && view.dim(0) > 1 && view.stride(0) < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -106,13 +107,10 @@ absl::Status CheckOutputItemsDisjoint(absl::string_view op,
 
 // Checks a, b and the product's shape `c` ("c" or "d_c") and returns the
 // product's dimensions.
-absl::StatusOr<cpu::GemmDims> CheckProduct(absl::string_view op,
-                                           const Context& ctx,
-                                           TensorView<const float> a,
-                                           TensorView<const float> b,
-                                           absl::string_view c_name,
-                                           TensorView<const float> c,
-                                           const MatMulOptions& options) {
+absl::StatusOr<cpu::GemmDims> CheckProduct(
+    absl::string_view op, const Context& ctx, TensorView<const float> a,
+    TensorView<const float> b, absl::string_view c_name,
+    TensorView<const float> c, const MatMulOptions& options) {
   FTX_RETURN_IF_ERROR(CheckOperand(op, "a", a, ctx));
   FTX_RETURN_IF_ERROR(CheckOperand(op, "b", b, ctx));
   FTX_RETURN_IF_ERROR(CheckOperand(op, c_name, c, ctx));
@@ -138,12 +136,12 @@ absl::StatusOr<cpu::GemmDims> CheckProduct(absl::string_view op,
   }
   const bool batched = a.rank() == 3 || b.rank() == 3;
   dims.batch = std::max(BatchOf(a), BatchOf(b));
-  const Shape expected = batched ? Shape{dims.batch, dims.m, dims.n}
-                                 : Shape{dims.m, dims.n};
+  const Shape expected =
+      batched ? Shape{dims.batch, dims.m, dims.n} : Shape{dims.m, dims.n};
   if (c.shape() != expected) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": ", c_name, " has shape ", c.shape().ToString(), " but op(a) @ op(b) is ",
-        expected.ToString()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", c_name, " has shape ", c.shape().ToString(),
+                     " but op(a) @ op(b) is ", expected.ToString()));
   }
   return dims;
 }
@@ -151,7 +149,7 @@ absl::StatusOr<cpu::GemmDims> CheckProduct(absl::string_view op,
 // A broadcast b times a batch of a whose rows are evenly spaced across items
 // is one GEMM with batch * m rows (e.g. a linear layer over [B, T, C]).
 GemmCall FoldBatchIntoRows(GemmCall call) {
-  const cpu::GemmDims& dims = call.dims;
+  const cpu::GemmDims dims = call.dims;
   if (dims.batch > 1 && call.b.batch_stride == 0 && !call.transpose_a &&
       call.a.batch_stride == dims.m * call.a.row_stride &&
       call.c.batch_stride == dims.m * call.c.row_stride) {
@@ -228,10 +226,9 @@ absl::Status CheckGradient(absl::string_view op, const Context& ctx,
                            TensorView<const float> operand) {
   FTX_RETURN_IF_ERROR(CheckOperand(op, name, gradient, ctx));
   if (gradient.shape() != operand.shape()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": ", name, " has shape ", gradient.shape().ToString(),
-                     " but ", operand_name, " has shape ",
-                     operand.shape().ToString()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": ", name, " has shape ", gradient.shape().ToString(), " but ",
+        operand_name, " has shape ", operand.shape().ToString()));
   }
   return CheckOutputItemsDisjoint(op, name, gradient);
 }
@@ -271,8 +268,10 @@ absl::Status MatMulBackward(const Context& ctx, TensorView<const float> a,
                        CheckProduct(kOp, ctx, a, b, "d_c", d_c, options));
   const bool want_d_a = !Skipped(d_a);
   const bool want_d_b = !Skipped(d_b);
-  if (want_d_a) FTX_RETURN_IF_ERROR(CheckGradient(kOp, ctx, "d_a", d_a, "a", a));
-  if (want_d_b) FTX_RETURN_IF_ERROR(CheckGradient(kOp, ctx, "d_b", d_b, "b", b));
+  if (want_d_a)
+    FTX_RETURN_IF_ERROR(CheckGradient(kOp, ctx, "d_a", d_a, "a", a));
+  if (want_d_b)
+    FTX_RETURN_IF_ERROR(CheckGradient(kOp, ctx, "d_b", d_b, "b", b));
   const cpu::GemmMatrix<const float> a_matrix = MatrixOf(a);
   const cpu::GemmMatrix<const float> b_matrix = MatrixOf(b);
   const cpu::GemmMatrix<const float> d_c_matrix = MatrixOf(d_c);

@@ -13,7 +13,7 @@
 // a linear layer: x [B, T, C] times a weight w [C_out, C] with transpose_b
 // gives y [B, T, C_out]. Rows may be strided (row stride >= columns) and the
 // batch stride is free; the last axis must have unit stride. beta == 0 never
-// reads c (NaN or garbage there is ignored).
+// reads c (NaN or garbage there is ignored). Outputs must not overlap inputs.
 //
 // Example:
 //   FTX_RETURN_IF_ERROR(MatMul(ctx, x, w, y, {.transpose_b = true}));

@@ -80,9 +80,9 @@ void BM_FmaPeak(benchmark::State& state) {
     benchmark::DoNotOptimize(
         HWY_DYNAMIC_DISPATCH(FmaChains)(kSteps, &flops_per_step));
   }
-  state.counters["GFLOP/s"] = benchmark::Counter(
-      1e-9 * flops_per_step * kSteps * state.iterations(),
-      benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(1e-9 * flops_per_step * kSteps * state.iterations(),
+                         benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_FmaPeak)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -99,8 +99,8 @@ void BM_MatMul(benchmark::State& state) {
   for (int64_t i = 0; i < m * k; ++i) a[i] = static_cast<float>(i % 7) - 3.0f;
   for (int64_t i = 0; i < k * n; ++i) b[i] = static_cast<float>(i % 5) - 2.0f;
   const TensorView<const float> a_view(a.get(), {m, k});
-  const TensorView<const float> b_view(b.get(), transpose_b ? Shape{n, k}
-                                                            : Shape{k, n});
+  const TensorView<const float> b_view(b.get(),
+                                       transpose_b ? Shape{n, k} : Shape{k, n});
   const TensorView<float> c_view(c.get(), {m, n});
   const MatMulOptions options{.transpose_b = transpose_b};
   for (auto _ : state) {
@@ -121,9 +121,9 @@ BENCHMARK(BM_MatMul)
     ->Args({8192, 64, 64, 1, 0})
     ->Args({8192, 64, 64, 2, 0})
     ->Args({1024, 1024, 1024, 1, 1})
-    ->Args({512, 512, 64, 1, 0})   // [L, E] @ [E, L]
-    ->Args({512, 512, 64, 1, 1})   // Q @ K^T
-    ->Args({512, 64, 512, 1, 0})   // P @ V
+    ->Args({512, 512, 64, 1, 0})  // [L, E] @ [E, L]
+    ->Args({512, 512, 64, 1, 1})  // Q @ K^T
+    ->Args({512, 64, 512, 1, 0})  // P @ V
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

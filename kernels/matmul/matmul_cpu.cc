@@ -8,6 +8,9 @@
 //         pack op(A)[rows, pc : pc + kc]          A panel in L1
 //         for each B panel of TileCols() columns:
 //           MicroKernel                           C tile in registers
+// A row-major op(A) is read in place instead of packed when the B block is
+// narrow (see kMaxInPlaceACols). Batches run one item per thread when there
+// are enough items, else item by item with the loop nest above in parallel.
 // Every element of c is summed over k in the same order (k blocks in order,
 // k in order inside a block) whatever the thread count or split.
 #include "kernels/matmul/matmul_cpu.h"
@@ -37,9 +40,10 @@ constexpr size_t kBlockK = 256;
 // 1 MiB) stays in L2.
 constexpr size_t kBlockN = 1024;
 // Up to this many columns per B block the microkernel reads full row panels of
-// a row-major op(A) in place: packing A costs about as much as a multiply-add
-// per element, which only wide blocks amortise, while in-place rows lda apart
-// conflict in L1 when many B panels reuse them.
+// a row-major op(A) in place. Packing (a gather of kTileRows strided rows)
+// costs about as much per element as the multiply-adds of two B panels, so it
+// pays only when many B panels reuse the A panel; and then in-place rows, lda
+// apart, would conflict in L1.
 constexpr size_t kMaxInPlaceACols = 512;
 // Below this many multiply-adds per call the thread pool costs more than it
 // saves.

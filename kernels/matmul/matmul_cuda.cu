@@ -5,10 +5,10 @@
 // a column-major GEMM of the [n, m] matrix C^T with B first and A second,
 // each transposed exactly when the caller asked for it. An empty product
 // (k == 0) only scales c, with a small kernel of its own.
-#include <climits>
-
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+
+#include <climits>
 
 #include "kernels/matmul/matmul_cuda.h"
 
@@ -24,7 +24,8 @@ constexpr int kThreads = 256;
 __global__ void ScaleKernel(int64_t batch, int64_t m, int64_t n, float beta,
                             GemmMatrix c) {
   const int64_t total = batch * m * n;
-  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (int64_t index =
+           static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        index < total; index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t col = index % n;
     const int64_t row = (index / n) % m;
@@ -37,9 +38,8 @@ __global__ void ScaleKernel(int64_t batch, int64_t m, int64_t n, float beta,
 }  // namespace
 
 int LaunchGemm(void* cublas_handle, int64_t batch, int64_t m, int64_t n,
-               int64_t k, bool transpose_a, ConstGemmMatrix a,
-               bool transpose_b, ConstGemmMatrix b, float alpha, float beta,
-               GemmMatrix c) {
+               int64_t k, bool transpose_a, ConstGemmMatrix a, bool transpose_b,
+               ConstGemmMatrix b, float alpha, float beta, GemmMatrix c) {
   if (batch == 0 || m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
   if (!FitsInt(batch) || !FitsInt(m) || !FitsInt(n) || !FitsInt(k) ||
       !FitsInt(a.row_stride) || !FitsInt(b.row_stride) ||

@@ -28,9 +28,8 @@ struct GemmMatrix {
 // the stream that `cublas_handle` (a cublasHandle_t) is bound to. Row strides
 // must be at least max(1, stored columns).
 int LaunchGemm(void* cublas_handle, int64_t batch, int64_t m, int64_t n,
-               int64_t k, bool transpose_a, ConstGemmMatrix a,
-               bool transpose_b, ConstGemmMatrix b, float alpha, float beta,
-               GemmMatrix c);
+               int64_t k, bool transpose_a, ConstGemmMatrix a, bool transpose_b,
+               ConstGemmMatrix b, float alpha, float beta, GemmMatrix c);
 
 // The name of a cublasStatus_t, e.g. "CUBLAS_STATUS_INVALID_VALUE".
 const char* CublasStatusName(int status);

@@ -137,9 +137,8 @@ reference::MatMulParams<double> ParamsOf(const MatMulOptions& options) {
 Tolerance SumTolerance(int64_t k) { return {4e-7 * (k + 4), 2e-5}; }
 
 std::string Describe(const Problem& p) {
-  return absl::StrCat("m=", p.m, " n=", p.n, " k=", p.k,
-                      " a_batch=", p.a_batch, " b_batch=", p.b_batch,
-                      " gap=", p.a_gap_rows,
+  return absl::StrCat("m=", p.m, " n=", p.n, " k=", p.k, " a_batch=", p.a_batch,
+                      " b_batch=", p.b_batch, " gap=", p.a_gap_rows,
                       " transpose_a=", p.options.transpose_a,
                       " transpose_b=", p.options.transpose_b);
 }
@@ -161,9 +160,9 @@ class MatMulCudaTest : public ::testing::Test {
     reference::MatMul<double>(DimsOf(p), x.a.Reference<const double>(a.data()),
                               x.b.Reference<const double>(b.data()),
                               x.c.Reference(c.data()), ParamsOf(p.options));
-    ASSERT_TRUE(MatMul(*ctx_, x.a.const_view(), x.b.const_view(), x.c.view(),
-                       p.options)
-                    .ok());
+    ASSERT_TRUE(
+        MatMul(*ctx_, x.a.const_view(), x.b.const_view(), x.c.view(), p.options)
+            .ok());
     EXPECT_TRUE(AllNear(x.c.Dense(), c, SumTolerance(p.k)));
   }
 
@@ -177,8 +176,8 @@ TEST_F(MatMulCudaTest, ForwardMatchesReference) {
                             .transpose_b = transpose_b,
                             .alpha = 1.5f,
                             .beta = -0.5f};
-      for (const Problem& shape : {Problem(1, 1, 1), Problem(7, 33, 17),
-                                   Problem(129, 131, 257)}) {
+      for (const Problem& shape :
+           {Problem(1, 1, 1), Problem(7, 33, 17), Problem(129, 131, 257)}) {
         Problem p = shape;
         p.options = options;
         ExpectMatchesReference(p);
@@ -203,8 +202,7 @@ TEST_F(MatMulCudaTest, EmptyProductScalesC) {
 
 TEST_F(MatMulCudaTest, BackwardMatchesReference) {
   const Problem shapes[] = {
-      {17, 33, 7},
-      {7, 16, 33, 3, 3},     // both batched
+      {17, 33, 7},          {7, 16, 33, 3, 3},  // both batched
       {17, 33, 9, 4, 0},     // shared b, evenly spaced rows of a
       {5, 17, 16, 3, 0, 2},  // shared b, gapped a
       {13, 9, 33, 0, 5},     // shared a

@@ -41,8 +41,8 @@ class TestMatrix {
         rows_(rows),
         cols_(cols),
         item_rows_(rows + gap_rows),
-        storage_(std::max<int64_t>(batch, 1) * (rows + gap_rows), cols,
-                 padding, seed) {}
+        storage_(std::max<int64_t>(batch, 1) * (rows + gap_rows), cols, padding,
+                 seed) {}
 
   TensorView<float> view() {
     if (batch_ == 0) {
@@ -123,8 +123,8 @@ struct Operands {
           p.options.transpose_a ? p.m : p.k, seed, p.a_gap_rows, 3),
         b(p.b_batch, p.options.transpose_b ? p.n : p.k,
           p.options.transpose_b ? p.k : p.n, seed + 1, 0, 5),
-        c(p.a_batch == 0 && p.b_batch == 0 ? 0 : BatchOf(p), p.m, p.n,
-          seed + 2, 0, 2) {}
+        c(p.a_batch == 0 && p.b_batch == 0 ? 0 : BatchOf(p), p.m, p.n, seed + 2,
+          0, 2) {}
   TestMatrix a, b, c;
 };
 
@@ -141,9 +141,8 @@ reference::MatMulParams<double> ParamsOf(const MatMulOptions& options) {
 Tolerance SumTolerance(int64_t k) { return {2e-7 * (k + 4), 1e-5}; }
 
 std::string Describe(const Problem& p) {
-  return absl::StrCat("m=", p.m, " n=", p.n, " k=", p.k,
-                      " a_batch=", p.a_batch, " b_batch=", p.b_batch,
-                      " gap=", p.a_gap_rows,
+  return absl::StrCat("m=", p.m, " n=", p.n, " k=", p.k, " a_batch=", p.a_batch,
+                      " b_batch=", p.b_batch, " gap=", p.a_gap_rows,
                       " transpose_a=", p.options.transpose_a,
                       " transpose_b=", p.options.transpose_b,
                       " alpha=", p.options.alpha, " beta=", p.options.beta);
@@ -166,9 +165,9 @@ class MatMulTest : public ::testing::Test {
     reference::MatMul<double>(DimsOf(p), x.a.Reference<const double>(a.data()),
                               x.b.Reference<const double>(b.data()),
                               x.c.Reference(c.data()), ParamsOf(p.options));
-    ASSERT_TRUE(MatMul(*ctx_, x.a.const_view(), x.b.const_view(), x.c.view(),
-                       p.options)
-                    .ok());
+    ASSERT_TRUE(
+        MatMul(*ctx_, x.a.const_view(), x.b.const_view(), x.c.view(), p.options)
+            .ok());
     EXPECT_TRUE(AllNear(x.c.Dense(), c, SumTolerance(p.k)));
     EXPECT_TRUE(x.c.PaddingIntact());
   }
@@ -265,12 +264,12 @@ TEST(MatMulThreadsTest, ResultsDoNotDependOnThreadCount) {
   for (const Problem& p : problems) {
     SCOPED_TRACE(Describe(p));
     Operands x1(p, 3), x2(p, 3);
-    ASSERT_TRUE(
-        MatMul(*one, x1.a.const_view(), x1.b.const_view(), x1.c.view(), p.options)
-            .ok());
-    ASSERT_TRUE(
-        MatMul(*two, x2.a.const_view(), x2.b.const_view(), x2.c.view(), p.options)
-            .ok());
+    ASSERT_TRUE(MatMul(*one, x1.a.const_view(), x1.b.const_view(), x1.c.view(),
+                       p.options)
+                    .ok());
+    ASSERT_TRUE(MatMul(*two, x2.a.const_view(), x2.b.const_view(), x2.c.view(),
+                       p.options)
+                    .ok());
     EXPECT_TRUE(AllNear(x2.c.Dense(), x1.c.Dense(), {0, 0}));
   }
 }
@@ -281,7 +280,12 @@ TEST(MatMulReferenceGradientTest, MatchesCentralDifferences) {
   for (bool transpose_a : kBools) {
     for (bool transpose_b : kBools) {
       for (int64_t b_batch : {int64_t{0}, int64_t{2}}) {
-        const Problem p{3, 4, 5, 2, b_batch, 0,
+        const Problem p{3,
+                        4,
+                        5,
+                        2,
+                        b_batch,
+                        0,
                         {.transpose_a = transpose_a,
                          .transpose_b = transpose_b,
                          .alpha = 0.75f}};
@@ -320,12 +324,11 @@ TEST(MatMulReferenceGradientTest, MatchesCentralDifferences) {
 TEST_F(MatMulTest, BackwardMatchesReference) {
   ForEachHighwayTarget([&] {
     const Problem shapes[] = {
-        {17, 33, 7},
-        {129, 65, 131},
-        {7, 16, 33, 3, 3},      // both batched
-        {17, 33, 9, 4, 0},      // shared b, evenly spaced rows of a
-        {5, 17, 16, 3, 0, 2},   // shared b, gapped a
-        {13, 9, 33, 0, 5},      // shared a
+        {17, 33, 7},          {129, 65, 131},
+        {7, 16, 33, 3, 3},     // both batched
+        {17, 33, 9, 4, 0},     // shared b, evenly spaced rows of a
+        {5, 17, 16, 3, 0, 2},  // shared b, gapped a
+        {13, 9, 33, 0, 5},     // shared a
     };
     for (Problem p : shapes) {
       for (bool transpose_a : kBools) {
@@ -336,8 +339,8 @@ TEST_F(MatMulTest, BackwardMatchesReference) {
                          .alpha = -1.25f};
             const MatMulGradOptions grad_options{.accumulate_a = accumulate,
                                                  .accumulate_b = !accumulate};
-            SCOPED_TRACE(Describe(p) + " accumulate_a=" +
-                         std::to_string(accumulate));
+            SCOPED_TRACE(Describe(p) +
+                         " accumulate_a=" + std::to_string(accumulate));
             Operands x(p, 50), grads(p, 60);
             // d_c takes the place of c; grads.a / grads.b hold the initial
             // gradients (accumulated into when asked).
@@ -423,12 +426,12 @@ TEST_F(MatMulTest, BadInputIsAnErrorNamingTheProblem) {
       "a is on cuda");
   ExpectInvalid(MatMul(*ctx_, a, TensorView<const float>(nullptr, {4, 5}), c),
                 "b has null data");
-  ExpectInvalid(MatMul(*ctx_, a, b,
-                       TensorView<float>(p + 1024, {3, 5}, {10, 2, 0, 0})),
-                "unit stride");
-  ExpectInvalid(MatMul(*ctx_, TensorView<const float>(p, {3, 4}, {2, 1, 0, 0}),
-                       b, c),
-                "row stride 2");
+  ExpectInvalid(
+      MatMul(*ctx_, a, b, TensorView<float>(p + 1024, {3, 5}, {10, 2, 0, 0})),
+      "unit stride");
+  ExpectInvalid(
+      MatMul(*ctx_, TensorView<const float>(p, {3, 4}, {2, 1, 0, 0}), b, c),
+      "row stride 2");
   ExpectInvalid(MatMul(*ctx_, TensorView<const float>(p, {1, 1, 3, 4}), b, c),
                 "rank 2 or 3");
   ExpectInvalid(MatMul(*ctx_, TensorView<const float>(p, {12}), b, c),
@@ -439,25 +442,26 @@ TEST_F(MatMulTest, BadInputIsAnErrorNamingTheProblem) {
 
   const TensorView<float> d_a(p + 2048, {3, 4}), d_b(p + 3072, {4, 5});
   ASSERT_TRUE(MatMulBackward(*ctx_, a, b, c, d_a, d_b).ok());
-  ExpectInvalid(MatMulBackward(*ctx_, a, b, TensorView<const float>(p, {3, 4}),
-                               d_a, d_b),
-                "d_c has shape [3, 4]");
-  ExpectInvalid(MatMulBackward(*ctx_, a, b, c,
-                               TensorView<float>(p + 2048, {4, 3}), d_b),
-                "d_a has shape [4, 3] but a has shape [3, 4]");
-  ExpectInvalid(MatMulBackward(*ctx_, a, b, c, d_a,
-                               TensorView<float>(nullptr, {4, 5})),
-                "d_b has null data");
-  ExpectInvalid(MatMulBackward(*ctx_, a, TensorView<const float>(p, {5, 5}),
-                               c, d_a, d_b),
-                "inner dimensions disagree");
+  ExpectInvalid(
+      MatMulBackward(*ctx_, a, b, TensorView<const float>(p, {3, 4}), d_a, d_b),
+      "d_c has shape [3, 4]");
+  ExpectInvalid(
+      MatMulBackward(*ctx_, a, b, c, TensorView<float>(p + 2048, {4, 3}), d_b),
+      "d_a has shape [4, 3] but a has shape [3, 4]");
+  ExpectInvalid(
+      MatMulBackward(*ctx_, a, b, c, d_a, TensorView<float>(nullptr, {4, 5})),
+      "d_b has null data");
+  ExpectInvalid(
+      MatMulBackward(*ctx_, a, TensorView<const float>(p, {5, 5}), c, d_a, d_b),
+      "inner dimensions disagree");
   ExpectInvalid(
       MatMulBackward(*ctx_, a, b, c,
                      TensorView<float>(p + 2048, {3, 4}, Device::Cuda()), d_b),
       "d_a is on cuda");
-  ExpectInvalid(MatMulBackward(*ctx_, a, b, c, d_a,
-                               TensorView<float>(p + 3072, {4, 5}, {5, 2, 0, 0})),
-                "unit stride");
+  ExpectInvalid(
+      MatMulBackward(*ctx_, a, b, c, d_a,
+                     TensorView<float>(p + 3072, {4, 5}, {5, 2, 0, 0})),
+      "unit stride");
 }
 
 }  // namespace

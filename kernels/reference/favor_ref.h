@@ -3,13 +3,11 @@
 // tests can run them in double and take central differences.
 //
 //   - fast-transformers 0.4.0 feature maps (feature_maps/fourier_features.py)
-//   with a
-//     given omega [E, C]: RandomFourierFeatures, SmoothedRandomFourierFeatures,
-//     Favor and GeneralizedRandomFeatures. Inputs x [N, T, H, E], features [N,
-//     T, H, F].
+//     with a given omega [E, C]: RandomFourierFeatures,
+//     SmoothedRandomFourierFeatures, Favor and GeneralizedRandomFeatures.
+//     Inputs x [N, T, H, E], features [N, T, H, F].
 //   - performer-pytorch 1.1.4 FastAttention with a given projection W [m, E]:
-//   the
-//     softmax kernel (with its detached max stabilisers), the generalized
+//     the softmax kernel (with its detached max stabilisers), the generalized
 //     kernel, and no_projection; non-causal and causal; key lengths that zero
 //     padded V rows only.
 //
@@ -44,8 +42,8 @@ std::vector<T> ProjectRow(int64_t E, int64_t C, const T* x, const T* omega,
   return u;
 }
 
-// RandomFourierFeatures: phi = sqrt(2 / n_dims) [cos u, sin u], u = (x sqrt(t))
-// omega. omega [E, C], C = n_dims / 2; phi [N, T, H, 2 C].
+// RandomFourierFeatures: phi = sqrt(2 / n_dims) [cos u, sin u] with
+// u = (x sqrt(t)) omega. omega [E, C], C = n_dims / 2; phi [N, T, H, 2 C].
 template <typename T>
 void RandomFourierFeatureMap(const FeatureShape& shape, const T* x,
                              const T* omega, int64_t C, int64_t n_dims,
@@ -64,8 +62,8 @@ void RandomFourierFeatureMap(const FeatureShape& shape, const T* x,
 }
 
 // SmoothedRandomFourierFeatures: the random Fourier features of n_dims - 1
-// dimensions followed by the constant `smoothing`. omega [E, C], C = (n_dims -
-// 1) / 2; phi [N, T, H, 2 C + 1].
+// dimensions followed by the constant `smoothing`. omega [E, C],
+// C = (n_dims - 1) / 2; phi [N, T, H, 2 C + 1].
 template <typename T>
 void SmoothedRandomFourierFeatureMap(const FeatureShape& shape, const T* x,
                                      const T* omega, int64_t C, int64_t n_dims,
@@ -278,9 +276,10 @@ std::vector<T> PerformerFeatures(const FeatureShape& shape, const T* x,
 }
 
 // FastAttention.forward on per-head (q, k, v) with projection W [m, E]:
-//   non-causal: out_l = phi(q_l) (sum_s phi(k_s) v_s^T) / (phi(q_l) . sum_s
-//   phi(k_s)), causal:     out_i = phi(q_i) (sum_{j<=i} phi(k_j) v_j^T) /
-//                       (phi(q_i) . (sum_{j<=i} phi(k_j) + causal_eps)).
+//   non-causal: out_l = phi(q_l) sum_s phi(k_s) v_s^T
+//                       / (phi(q_l) . sum_s phi(k_s)),
+//   causal:     out_i = phi(q_i) sum_{j<=i} phi(k_j) v_j^T
+//                       / (phi(q_i) . (sum_{j<=i} phi(k_j) + causal_eps)).
 // Key lengths zero the V rows of padded keys (performer's v.masked_fill_);
 // padded keys still enter the key sums. `offsets` freezes the softmax-kernel
 // stabilisers (as autograd sees them, detached); null computes them from q and

@@ -1,9 +1,9 @@
-// Scalar references of the entmax-1.5 normaliser, the top-k selections, and the
-// "exact-topk", "talking-heads", "aft-full" and "aft-simple" attentions,
+// Scalar references of the entmax-1.5 normaliser, the top-k selections, and
+// the "exact-topk", "talking-heads", "aft-full" and "aft-simple" attentions,
 // written straight from the math (SEMANTICS.md sections 2.4 and 6.2) and
 // templated so tests can run them in double and take central differences.
-// Contiguous layout: queries [N, L, H, E], keys [N, S, H, E], values [N, S, H,
-// D], out [N, L, H, D].
+// Contiguous layout: queries [N, L, H, E], keys [N, S, H, E],
+// values [N, S, H, D], out [N, L, H, D].
 //
 // Masked entries (additive -inf, keys past their sequence's length) get zero
 // weight, and a query whose keys are all masked gets a zero output.
@@ -21,11 +21,11 @@
 
 namespace ftx::reference {
 
-// entmax-1.5 (Peters, Niculae and Martins 2019) by bisection on the threshold:
-// y = [z/2 - tau]_+^2 with tau such that sum(y) = 1. -inf entries get 0; a row
-// of -inf gives zeros. tau lies in [max(z)/2 - 1, max(z)/2], where the sum
-// falls from
-// >= 1 to 0, so bisection converges to the exact threshold.
+// entmax-1.5 (Peters, Niculae and Martins 2019) by bisection on the
+// threshold: y = [z/2 - tau]_+^2 with tau such that sum(y) = 1. -inf entries
+// get 0; a row of -inf gives zeros. tau lies in [max(z)/2 - 1, max(z)/2],
+// where the sum falls from >= 1 to 0, so bisection converges to the exact
+// threshold.
 template <typename T>
 void Entmax15Bisect(const T* z, int64_t n, T* y) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
@@ -122,14 +122,13 @@ struct ExactTopKConfig {
 };
 
 // "exact-topk" per (n, h, l):
-//   fast-transformers (keep_ties = false): z = Q K^T + mask, keep the top k of
-//   z,
-//     P = normalize(t * z)   (the mask is scaled by t too);
-//   x-transformers (keep_ties = true): z = t * Q K^T + mask, keep z >= k-th
-//   largest,
-//     P = normalize(z);
-// out = (P * probability_scale) V. probability_scale [H, N, L, S] (a dropout
-// mask divided by the keep rate) may be null.
+//   fast-transformers (keep_ties = false): z = Q K^T + mask, keep the top k
+//     of z, P = normalize(t * z)   (the mask is scaled by t too);
+//   x-transformers (keep_ties = true): z = t * Q K^T + mask, keep the z >= the
+//     k-th largest, P = normalize(z);
+//   out = (P * probability_scale) V.
+// probability_scale [H, N, L, S] (a dropout mask divided by the keep rate)
+// may be null.
 template <typename T>
 void ExactTopKAttention(const AttentionShape& shape, const T* q, const T* k,
                         const T* v, const ExactTopKConfig& config,
@@ -178,12 +177,13 @@ struct TalkingHeadsConfig {
   RowNormalizer normalizer;
 };
 
-// "talking-heads" (x-transformers 0.26.6 Attention with talking_heads) per (n,
-// l):
-//   dots[h] = t * q_h K_h^T;  mixed[j] = sum_h pre[j, h] dots[h] + mask;
-//   P[j] = normalize(sparse_topk(mixed[j]));
-//   mixed_P[j] = sum_h post[j, h] (P[h] * probability_scale[h]);  out_j =
-//   mixed_P[j] V_j.
+// "talking-heads" (x-transformers 0.26.6 Attention with talking_heads), per
+// (n, l):
+//   dots[h]    = t * q_h K_h^T
+//   mixed[j]   = sum_h pre[j, h] dots[h] + mask
+//   P[j]       = normalize(sparse_topk(mixed[j]))
+//   mixed_P[j] = sum_h post[j, h] (P[h] * probability_scale[h])
+//   out_j      = mixed_P[j] V_j
 // pre, post: [H, H] row-major (Conv2d weight [H, H, 1, 1]); probability_scale
 // [H, N, L, S] may be null.
 template <typename T>
