@@ -540,8 +540,9 @@ absl::Status ValidateLocalWindowedAttentionOptions(
 
 namespace {
 
-absl::Status CopyRows(const Context& ctx, TensorView<const float> from,
-                      TensorView<float> to) {
+// to [N, T', H, W] = from [N, T, H, W] in its first T rows, 0 in the rest.
+void CopyRows(const Context& ctx, TensorView<const float> from,
+              TensorView<float> to) {
   const int64_t N = from.dim(0), T = from.dim(1), H = from.dim(2),
                 W = from.dim(3);
   ctx.pool().ParallelFor(N * to.dim(1), [&](int64_t begin, int64_t end) {
@@ -557,7 +558,6 @@ absl::Status CopyRows(const Context& ctx, TensorView<const float> from,
       }
     }
   });
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -594,11 +594,9 @@ absl::StatusOr<WindowedPlan> PlanWindowed(
     const AttentionInputs& inputs, const AttentionDims& dims) {
   FTX_RETURN_IF_ERROR(ValidateLocalWindowedAttentionOptions(options));
   if (dims.queries != dims.keys) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op,
-                     ": local-windowed attention is self-attention and needs L "
-                     "== S, got L = ",
-                     dims.queries, " and S = ", dims.keys));
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": self-attention only, needs L == S; got L = ", dims.queries,
+        " and S = ", dims.keys));
   }
   const int64_t w = options.window_size;
   if (!options.autopad && dims.queries % w != 0) {
@@ -670,12 +668,9 @@ absl::Status MakeWorkingCopies(const Context& ctx,
       work[kWorkValues], {N, padded, H, dims.value_dim}, ctx.device()));
   FTX_RETURN_IF_ERROR(EnsureTensor(
       work[kWorkOut], {N, padded, H, dims.value_dim}, ctx.device()));
-  FTX_RETURN_IF_ERROR(
-      CopyRows(ctx, inputs.queries, work[kWorkQueries].view<float>()));
-  FTX_RETURN_IF_ERROR(
-      CopyRows(ctx, inputs.keys, work[kWorkKeys].view<float>()));
-  FTX_RETURN_IF_ERROR(
-      CopyRows(ctx, inputs.values, work[kWorkValues].view<float>()));
+  CopyRows(ctx, inputs.queries, work[kWorkQueries].view<float>());
+  CopyRows(ctx, inputs.keys, work[kWorkKeys].view<float>());
+  CopyRows(ctx, inputs.values, work[kWorkValues].view<float>());
   if (options.rel_pos_emb) {
     FTX_ASSIGN_OR_RETURN(const RotaryEmbedding rotary,
                          WindowRotary(dims.qk_dim));
@@ -732,7 +727,8 @@ absl::Status LocalWindowedAttention::ForwardInto(const Context& ctx,
   FTX_RETURN_IF_ERROR(BandForward(
       ctx, WindowedProblem(plan, inputs, &work_, options_.attention_dropout),
       padded_out, saved));
-  return CopyRows(ctx, padded_out.Slice(1, 0, dims.queries), out);
+  CopyRows(ctx, padded_out.Slice(1, 0, dims.queries), out);
+  return absl::OkStatus();
 }
 
 absl::Status LocalWindowedAttention::BackwardFrom(
@@ -760,7 +756,7 @@ absl::Status LocalWindowedAttention::BackwardFrom(
   const int64_t N = dims.batch, T = plan.padded, H = dims.heads;
   // The padded rows of the output were dropped: their gradient is zero.
   const TensorView<float> padded_d_out = work_[kWorkOut].view<float>();
-  FTX_RETURN_IF_ERROR(CopyRows(ctx, d_out, padded_d_out));
+  CopyRows(ctx, d_out, padded_d_out);
   grad_work_.resize(3);
   FTX_RETURN_IF_ERROR(
       EnsureTensor(grad_work_[0], {N, T, H, dims.qk_dim}, ctx.device()));
@@ -780,12 +776,12 @@ absl::Status LocalWindowedAttention::BackwardFrom(
     FTX_RETURN_IF_ERROR(rotary.Backward(ctx, d_keys, 0));
   }
   const int64_t L = dims.queries;
-  FTX_RETURN_IF_ERROR(CopyRows(ctx, d_queries.Slice(1, 0, L), grads.d_queries));
-  FTX_RETURN_IF_ERROR(CopyRows(ctx, d_keys.Slice(1, 0, L), grads.d_keys));
-  return CopyRows(ctx, d_values.Slice(1, 0, L), grads.d_values);
+  CopyRows(ctx, d_queries.Slice(1, 0, L), grads.d_queries);
+  CopyRows(ctx, d_keys.Slice(1, 0, L), grads.d_keys);
+  CopyRows(ctx, d_values.Slice(1, 0, L), grads.d_values);
+  return absl::OkStatus();
 }
 
-// ---------------------------------------------------------------------------------
 // Recurrent form.
 
 namespace {
@@ -796,8 +792,8 @@ class LocalWindowState : public RecurrentState {
 
   int64_t steps_ = 0;
   int64_t batch = 0, heads = 0, qk_dim = 0, value_dim = 0;
-  // Per (n, h): the last `capacity` keys [capacity, E] and values [capacity,
-  // D], the key of position p in slot p % capacity.
+  // Per (n, h): the last `capacity` keys [capacity, E] and values
+  // [capacity, D], position p in slot p % capacity.
   std::vector<float> keys, values;
   Tensor rotated_query, rotated_key;  // [N, 1, H, E] with rel_pos_emb
 };
@@ -964,7 +960,6 @@ absl::Status RecurrentLocalAttention::Step(const Context& ctx,
   return absl::OkStatus();
 }
 
-// ---------------------------------------------------------------------------------
 // Registry entries.
 
 namespace {

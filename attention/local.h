@@ -102,12 +102,12 @@ struct LocalWindowedAttentionOptions {
   int64_t window_size = 128;  // w, > 0
   bool causal = false;
   int64_t look_backward = 1;  // >= 0
-  std::optional<int64_t>
-      look_forward;  // default 0 if causal else 1; 0 when causal
+  // Default 0 if causal else 1; must be 0 when causal.
+  std::optional<int64_t> look_forward;
   bool autopad = false;
   bool exact_windowsize = false;  // causal only, as in 1.4.4
-  bool rel_pos_emb =
-      false;  // rotary inside the mechanism (performer's local heads)
+  // Rotary inside the mechanism (rel_pos_emb_config: performer's local heads).
+  bool rel_pos_emb = false;
   float attention_dropout = 0.0f;
 
   int64_t LookForward() const { return look_forward.value_or(causal ? 0 : 1); }
@@ -153,18 +153,18 @@ class LocalWindowedAttention : public Attention {
 };
 
 // Step-by-step causal local attention. Per step: query, key [N, H, E]; value,
-// out [N, H, D]. The state is a ring buffer of the last keys and values per (n,
-// h): c/2 + 1 of them for "local", (look_backward + 1) * w for
+// out [N, H, D]. The state is a ring buffer of the last keys and values per
+// (n, h): c/2 + 1 of them for "local", (look_backward + 1) * w for
 // "local-windowed".
 class RecurrentLocalAttention : public RecurrentAttention {
  public:
   // "local": query l sees keys max(0, l - c/2) .. l, scored t * q . k.
   static absl::StatusOr<std::unique_ptr<RecurrentLocalAttention>> Create(
       const LocalAttentionOptions& options);
-  // "local-windowed": query l in window u sees keys (u - look_backward) * w ..
-  // l (and
-  // >= l - w * look_backward with exact_windowsize), scored E^-0.5 q . k, after
-  // the rotary of rel_pos_emb. InvalidArgument unless the options are causal.
+  // "local-windowed": query l in window u sees keys (u - look_backward) * w
+  // .. l (and only those >= l - w * look_backward with exact_windowsize),
+  // scored E^-0.5 q . k after the rotary of rel_pos_emb. InvalidArgument
+  // unless the options are causal.
   static absl::StatusOr<std::unique_ptr<RecurrentLocalAttention>> Create(
       const LocalWindowedAttentionOptions& options);
 
@@ -191,7 +191,7 @@ class RecurrentLocalAttention : public RecurrentAttention {
 // attention_dropout (0.1); its recurrent form is RecurrentLocalAttention.
 AttentionSpec LocalAttentionSpec();
 
-// Registry entry "local-windowed": window_size (128), causal (false),
+// Registry entry "local-windowed": window_size (required), causal (false),
 // look_backward (1), look_forward (0 if causal else 1), autopad (false),
 // exact_windowsize (false), rel_pos_emb (false), attention_dropout (0);
 // recurrent form when causal.

@@ -96,8 +96,7 @@ class LocalAttentionTest : public ::testing::Test {
   std::unique_ptr<Context> ctx_;
 };
 
-// --- "local" (fast-transformers)
-// ---------------------------------------------------
+// "local" (fast-transformers).
 
 TEST_F(LocalAttentionTest, ForwardMatchesReference) {
   const AttentionCase cases[] = {{1, 1, 1, 1, 1, 1},   {2, 7, 7, 3, 4, 6},
@@ -329,8 +328,7 @@ TEST_F(LocalAttentionTest, DropoutIsSeededOnlyInTrainingAndDifferentiable) {
   });
 }
 
-// --- "local-windowed" (lucidrains local-attention 1.4.4)
-// ---------------------------
+// "local-windowed" (lucidrains local-attention 1.4.4).
 
 std::vector<LocalWindowedAttentionOptions> WindowedSweep() {
   std::vector<LocalWindowedAttentionOptions> sweep;
@@ -483,8 +481,7 @@ TEST_F(LocalAttentionTest, WindowedDropoutBackwardMatchesForward) {
   });
 }
 
-// --- Recurrent form
-// ----------------------------------------------------------------
+// Recurrent form.
 
 // Steps `attention` through the L positions of `data`; returns [N, L, H, D].
 std::vector<float> StepThrough(const Context& ctx,
@@ -592,8 +589,7 @@ TEST_F(LocalAttentionTest, RecurrentShapeChangeIsAnError) {
   EXPECT_NE(status.message().find("changed"), std::string::npos) << status;
 }
 
-// --- Errors and registry
-// -------------------------------------------------------------
+// Errors and registry.
 
 void ExpectInvalid(const absl::Status& status, const std::string& needle) {
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;

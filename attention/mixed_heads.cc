@@ -26,9 +26,9 @@ constexpr int64_t kCausalChunk = 64;
 enum Saved : int {
   kQueryFeatures,  // phi(q) [N, L, H_global, E]
   kKeyFeatures,    // phi(k), 0 for padded keys [N, S, H_global, E]
-  kGlobalState,    // non-causal: context phi(k)^T v [N, H_global, E, D];
-                 // causal: denominators phi(q_i) . z_i before the clamp [N, L,
-                 // H_global]
+  // Non-causal: the context phi(k)^T v [N, H_global, E, D]; causal: the
+  // denominators phi(q_i) . z_i before the clamp [N, L, H_global].
+  kGlobalState,
   kLocalSaved,
   kSavedCount = kLocalSaved + LocalWindowedAttention::kSavedCount
 };
@@ -36,8 +36,9 @@ enum Saved : int {
 enum GradScratch : int {
   kQueryFeatureGrad,  // [N, L, H_global, E]
   kKeyFeatureGrad,    // non-causal: [N, S, H_global, E]
-  kContextGrad,  // non-causal: [N, H_global, E, D]; causal: d numerator [N, L,
-                 // H_global, D]
+  // Non-causal: d context [N, H_global, E, D]; causal: d numerator
+  // [N, L, H_global, D].
+  kContextGrad,
   kDenominatorGrad,  // causal: [N, L, H_global]
   kGradScratchCount
 };
@@ -381,8 +382,8 @@ absl::Status MixedLocalLinearAttention::Forward(const Context& ctx,
     const TensorView<float> context = saved.saved[kGlobalState].view<float>();
     KeySoftmaxFeatures(ctx, global.keys, inputs.key_lengths, key_features);
     for (int64_t h = 0; h < global_heads; ++h) {
-      // context_h [N, E, D] = phi(k)_h^T v_h;  out_h [N, L, D] = phi(q)_h
-      // context_h.
+      // context_h [N, E, D] = phi(k)_h^T v_h;
+      // out_h [N, L, D] = phi(q)_h context_h.
       FTX_RETURN_IF_ERROR(MatMul(ctx, key_features.Select(2, h),
                                  global.values.Select(2, h),
                                  context.Select(1, h), {.transpose_a = true}));
@@ -412,9 +413,9 @@ absl::Status MixedLocalLinearAttention::Forward(const Context& ctx,
       const TensorView<float> o = global_out.Select(0, n).Select(1, h);
       std::fill(state.begin(), state.end(), 0.0f);
       std::fill(key_sum.begin(), key_sum.end(), 0.0f);
-      // Per chunk: num = phi(q_c) S + scores v_c, den = phi(q_c) . z + row sums
-      // of scores, out = num / max(den, eps); then S += phi(k_c)^T v_c, z +=
-      // sum phi(k_c).
+      // Per chunk: num = phi(q_c) S + scores v_c, den = phi(q_c) . z + the row
+      // sums of scores, out = num / max(den, eps); then S += phi(k_c)^T v_c
+      // and z += sum phi(k_c).
       auto chunk = [&](int64_t t0, int64_t t1) -> absl::Status {
         const int64_t rows = t1 - t0;
         const TensorView<const float> q_c = q.Slice(0, t0, t1);
@@ -525,9 +526,9 @@ absl::Status MixedLocalLinearAttention::Backward(const Context& ctx,
         cache.saved[kGlobalState].view<float>();
     for (int64_t h = 0; h < global_heads; ++h) {
       const TensorView<const float> g_h = g.Select(2, h);
-      // d_context = phi(q)^T g;  d_phi(q) = g context^T;  d_phi(k) = v
-      // d_context^T; d_v = phi(k) d_context (zero for padded keys, whose phi(k)
-      // rows are 0).
+      // d_context = phi(q)^T g;  d_phi(q) = g context^T;
+      // d_phi(k) = v d_context^T;  d_v = phi(k) d_context (zero for padded
+      // keys, whose phi(k) rows are 0).
       FTX_RETURN_IF_ERROR(MatMul(ctx, query_features.Select(2, h), g_h,
                                  d_context.Select(1, h),
                                  {.transpose_a = true}));
@@ -595,9 +596,10 @@ absl::Status MixedLocalLinearAttention::Backward(const Context& ctx,
         return absl::OkStatus();
       };
 
-      // Forward order, with S and z: out_i = num_i / c_i, c_i = max(den_i,
-      // eps); d num_i = g_i / c_i, d den_i = -(g_i . num_i) / c_i^2 where den_i
-      // >= eps; d phi(q_c) = d num_c S^T + d_scores phi(k_c) + d den_c z^T.
+      // Forward order, with S and z: out_i = num_i / c_i where
+      // c_i = max(den_i, eps); d num_i = g_i / c_i; d den_i =
+      // -(g_i . num_i) / c_i^2 where den_i >= eps (else 0);
+      // d phi(q_c) = d num_c S^T + d_scores phi(k_c) + d den_c z^T.
       std::fill(state.begin(), state.end(), 0.0f);
       std::fill(key_sum.begin(), key_sum.end(), 0.0f);
       auto forward_chunk = [&](int64_t t0, int64_t t1) -> absl::Status {
@@ -654,10 +656,11 @@ absl::Status MixedLocalLinearAttention::Backward(const Context& ctx,
         statuses[nh] = forward_chunk(t0, std::min(L, t0 + T));
       }
 
-      // Reverse order, with R = sum phi(q_i) d num_i^T and r = sum d den_i
-      // phi(q_i) over later chunks: d phi(k_c) = v_c R^T + 1 r^T + d_scores^T
-      // phi(q_c), d v_c = phi(k_c) R + scores^T d num_c, d k = d phi(k) phi(k)
-      // (0 when padded).
+      // Reverse order, with R = sum phi(q_i) d num_i^T and
+      // r = sum d den_i phi(q_i) over the later chunks:
+      // d phi(k_c) = v_c R^T + 1 r^T + d_scores^T phi(q_c),
+      // d v_c = phi(k_c) R + scores^T d num_c,
+      // d k = d phi(k) * phi(k) (0 when padded).
       std::vector<float>& seen = state;
       std::vector<float>& seen_sum = key_sum;
       std::fill(seen.begin(), seen.end(), 0.0f);

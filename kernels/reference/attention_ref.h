@@ -11,6 +11,8 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/reference/activation_ref.h"
+
 namespace ftx::reference {
 
 struct AttentionShape {
@@ -62,14 +64,8 @@ void FullAttention(const AttentionShape& shape, const T* q, const T* k, const T*
   }
 }
 
-// fast-transformers' default feature map elu(x) + 1.
-template <typename T>
-T EluPlusOne(T x) {
-  return x > 0 ? x + 1 : std::exp(x);
-}
-
-// "linear" (Katharopoulos et al. 2020, eq. 6) and "causal-linear" (eq. 9) with the
-// elu+1 feature map: out_l = phi(q_l) . sum_s phi(k_s) v_s^T / (phi(q_l) . sum_s
+// "linear" (Katharopoulos et al. 2020, eq. 6) and "causal-linear" (eq. 9) with
+// fast-transformers' default feature map elu(x) + 1 (EluPlusOne, activation_ref.h): out_l = phi(q_l) . sum_s phi(k_s) v_s^T / (phi(q_l) . sum_s
 // phi(k_s) + eps), where the sums run over s < key length (all s) or s <= l (causal).
 // Padded keys have their features zeroed, as fast-transformers does.
 template <typename T>

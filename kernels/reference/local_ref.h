@@ -3,9 +3,9 @@
 // the reference libraries' code paths (SEMANTICS.md sections 2.4 and 4.2):
 // every slot of every window is materialised, masked and normalised as the
 // Python does, with no banding or blocking tricks. Templated so tests can run
-// them in double and take central differences. Contiguous layout: queries [N,
-// L, H, E], keys [N, S, H, E], values [N, S, H, D], out [N, L, H, D];
-// key_lengths empty means no padding.
+// them in double and take central differences. Contiguous layout:
+// queries [N, L, H, E], keys [N, S, H, E], values [N, S, H, D],
+// out [N, L, H, D]; key_lengths empty means no padding.
 #ifndef FTX_KERNELS_REFERENCE_LOCAL_REF_H_
 #define FTX_KERNELS_REFERENCE_LOCAL_REF_H_
 
@@ -20,11 +20,11 @@
 namespace ftx::reference {
 
 // fast-transformers "local" (local_product_cpu.cpp +
-// attention/local_attention.py). Per (n, h, l), c = context slots k hold keys s
-// = l - c/2 + k. A slot with 0 <= s < key_length scores temp * (q.k + mask(l,
-// s)), where -inf mask entries become -1e24 (additive_matrix_finite); every
-// other slot scores temp * (-1e24). Softmax over the c slots, then out = sum of
-// P_k v_s over the slots with 0 <= s < S.
+// attention/local_attention.py). Per (n, h, l), the c = context slots k hold
+// the keys s = l - c/2 + k. A slot with 0 <= s < key_length scores
+// temp * (q.k + mask(l, s)), where -inf mask entries become -1e24
+// (additive_matrix_finite); every other slot scores temp * (-1e24). Softmax
+// over the c slots, then out = sum of P_k v_s over the slots with 0 <= s < S.
 template <typename T>
 void FastTransformersLocalAttention(const AttentionShape& shape, const T* q,
                                     const T* k, const T* v, int64_t context,
@@ -89,13 +89,13 @@ struct WindowedLocalOptions {
 // self-attention (L == S). Steps, as in the Python: rotary on q and k at
 // positions 0..L-1 (rel_pos_emb); zero-pad the sequence to a multiple of the
 // window (autopad); bucket into windows; each query window gathers the
-// keys/values of windows u - look_backward
-// .. u + look_forward, windows outside the sequence being filled with -1
-// (look_around); dots * E^-0.5; -FLT_MAX where causal and key > query
-// (exact_windowsize: also query > key + window * look_backward), where the slot
-// is padding, and where the input mask (key_lengths, padded with false, applied
-// to queries and keys) is false; softmax over the slots; out = P times the
-// gathered values; drop the padded rows.
+// keys/values of windows u - look_backward .. u + look_forward, windows
+// outside the sequence being filled with -1 (look_around); dots * E^-0.5;
+// -FLT_MAX where causal and key > query (exact_windowsize: also
+// query > key + window * look_backward), where the slot is padding, and where
+// the input mask (key_lengths, padded with false, applied to queries and keys)
+// is false; softmax over the slots; out = P times the gathered values; drop the
+// padded rows.
 template <typename T>
 void WindowedLocalAttention(const AttentionShape& shape, const T* q, const T* k,
                             const T* v, const WindowedLocalOptions& options,
@@ -120,8 +120,7 @@ void WindowedLocalAttention(const AttentionShape& shape, const T* q, const T* k,
         for (int64_t d = 0; d < D; ++d)
           vs[t * D + d] = v[((n * S + t) * H + h) * D + d];
         if (options.rel_pos_emb) {
-          // x * cos(t f) + rotate_half(x) * sin(t f), f = cat(inv_freq,
-          // inv_freq).
+          // x cos(t f) + rotate_half(x) sin(t f), f = cat(inv_freq, inv_freq).
           const int64_t half = E / 2;
           for (int64_t i = 0; i < half; ++i) {
             const double angle = t * std::pow(10000.0, -2.0 * i / E);
@@ -234,11 +233,12 @@ void LatLinearAttention(const AttentionShape& shape, const T* q, const T* k,
 }
 
 // linear-attention-transformer causal_linear_attn with bucket_size = blindspot
-// B, as a naive O(L^2) sum: phi(q) = softmax_E(q) * E^-0.5, phi(k) = exp(k) (0
-// for padded keys, whose values are 0 too). Query i sees keys j <= i when B ==
-// 1, and keys in earlier buckets (j < B * floor(i / B)) when B > 1;
-//   out_i = sum_j (phi(q_i).phi(k_j)) v_j / max(phi(q_i) . sum_j phi(k_j),
-//   eps).
+// B, as a naive O(L^2) sum: phi(q) = softmax_E(q) * E^-0.5, phi(k) = exp(k)
+// (0 for padded keys, whose values are 0 too). Query i sees the keys j <= i
+// when B == 1, and the keys of earlier buckets (j < B * floor(i / B)) when
+// B > 1;
+//   out_i = sum_j (phi(q_i) . phi(k_j)) v_j / max(phi(q_i) . sum_j phi(k_j),
+//                                                 eps).
 template <typename T>
 void LatCausalLinearAttention(const AttentionShape& shape, const T* q,
                               const T* k, const T* v, int64_t blindspot,

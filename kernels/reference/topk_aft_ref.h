@@ -240,11 +240,6 @@ void TalkingHeadsAttention(const AttentionShape& shape, const T* q, const T* k,
   }
 }
 
-template <typename T>
-T Sigmoid(T x) {
-  return 1 / (1 + std::exp(-x));
-}
-
 // "aft-full" (fast-transformers AFTFullAttention, E == D), per (n, l, h, d):
 //   w[l, s] = u[l] . v[s] + mask(l, s),  logit_s = K[n, s, h, d] * w[l, s],
 //   out = sigmoid(Q[n, l, h, d]) * sum_s softmax_s(logit) V[n, s, h, d],
