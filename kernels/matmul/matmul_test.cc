@@ -123,8 +123,7 @@ struct Operands {
           p.options.transpose_a ? p.m : p.k, seed, p.a_gap_rows, 3),
         b(p.b_batch, p.options.transpose_b ? p.n : p.k,
           p.options.transpose_b ? p.k : p.n, seed + 1, 0, 5),
-        c(p.a_batch == 0 && p.b_batch == 0 ? 0 : BatchOf(p), p.m, p.n, seed + 2,
-          0, 2) {}
+        c(BatchOf(p), p.m, p.n, seed + 2, 0, 2) {}
   TestMatrix a, b, c;
 };
 
@@ -192,6 +191,35 @@ TEST_F(MatMulTest, OddShapesAndTransposesMatchReference) {
           }
         }
         ExpectMatchesReference({129, 131, 257, 0, 0, 0, options});
+      }
+    }
+  });
+}
+
+// Several column blocks (n > 1024) and k blocks (k > 256), where a row-major
+// a is packed rather than read in place (n > 512).
+TEST_F(MatMulTest, WideAndDeepProductsMatchReference) {
+  ForEachHighwayTarget([&] {
+    for (bool transpose_a : kBools) {
+      for (bool transpose_b : kBools) {
+        ExpectMatchesReference({7,
+                                1100,
+                                300,
+                                0,
+                                0,
+                                0,
+                                {.transpose_a = transpose_a,
+                                 .transpose_b = transpose_b,
+                                 .alpha = 0.5f,
+                                 .beta = 1.5f}});
+        ExpectMatchesReference(
+            {13,
+             600,
+             17,
+             0,
+             0,
+             0,
+             {.transpose_a = transpose_a, .transpose_b = transpose_b}});
       }
     }
   });
