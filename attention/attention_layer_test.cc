@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "attention/full.h"
+#include "attention/rotary.h"
 #include "gtest/gtest.h"
 #include "kernels/reference/attention_ref.h"
 #include "tests/util/gradcheck.h"
@@ -24,7 +25,24 @@ using ::ftx::testing::RandomUniformVector;
 struct LayerCase {
   int64_t n, l, s, c, h, e, d, kv_heads, memory;
   bool bias, self_attention, causal;
+  int64_t rotary_dim = 0;  // > 0: half-split rotary on Q and K
 };
+
+// Half-split rotary (RoFormer) of x [N, T, heads, E] over the first `dim`
+// features, position of step t = t, written from the formula.
+void Rotate(std::vector<double>& x, int64_t n, int64_t t_len, int64_t heads,
+            int64_t e, int64_t dim) {
+  for (int64_t i = 0; i < n * t_len * heads; ++i) {
+    const int64_t t = (i / heads) % t_len;
+    double* row = x.data() + i * e;
+    for (int64_t j = 0; j < dim / 2; ++j) {
+      const double angle = t * std::pow(10000.0, -2.0 * j / dim);
+      const double a = row[j], b = row[j + dim / 2];
+      row[j] = a * std::cos(angle) - b * std::sin(angle);
+      row[j + dim / 2] = b * std::cos(angle) + a * std::sin(angle);
+    }
+  }
+}
 
 // Parameters flattened in ParamShapes() order.
 struct FlatParams {
@@ -59,12 +77,16 @@ std::vector<double> ReferenceLayer(const LayerCase& t, const FlatParams& p,
                                    const std::vector<int64_t>& key_lengths) {
   const std::vector<double>& source = t.self_attention ? x : context;
   const int64_t S = t.self_attention ? t.l : t.s, M = t.memory;
-  const auto q = Project(x, t.n * t.l, t.c, p.Get("query_projection.weight"),
-                         p.Get("query_projection.bias"), t.h * t.e);
-  const auto k = Project(source, t.n * S, t.c, p.Get("key_projection.weight"),
-                         p.Get("key_projection.bias"), t.kv_heads * t.e);
+  auto q = Project(x, t.n * t.l, t.c, p.Get("query_projection.weight"),
+                   p.Get("query_projection.bias"), t.h * t.e);
+  auto k = Project(source, t.n * S, t.c, p.Get("key_projection.weight"),
+                   p.Get("key_projection.bias"), t.kv_heads * t.e);
   const auto v = Project(source, t.n * S, t.c, p.Get("value_projection.weight"),
                          p.Get("value_projection.bias"), t.kv_heads * t.d);
+  if (t.rotary_dim > 0) {
+    Rotate(q, t.n, t.l, t.h, t.e, t.rotary_dim);
+    Rotate(k, t.n, S, t.kv_heads, t.e, t.rotary_dim);
+  }
   // Expand: memory first, then key s of kv head h % kv_heads.
   std::vector<double> k_full(t.n * (M + S) * t.h * t.e),
       v_full(t.n * (M + S) * t.h * t.d);
@@ -107,6 +129,12 @@ class AttentionLayerTest : public ::testing::TestWithParam<LayerCase> {
 
 TEST_P(AttentionLayerTest, ForwardAndGradientsMatchReference) {
   const LayerCase t = GetParam();
+  std::unique_ptr<QKTransform> rotary;
+  if (t.rotary_dim > 0) {
+    rotary = std::make_unique<RotaryEmbedding>(
+        RotaryEmbedding::Create({t.rotary_dim, RotaryLayout::kHalfSplit})
+            .value());
+  }
   auto layer = AttentionLayer::Create({.d_model = t.c,
                                        .n_heads = t.h,
                                        .d_keys = t.e,
@@ -114,7 +142,8 @@ TEST_P(AttentionLayerTest, ForwardAndGradientsMatchReference) {
                                        .kv_heads = t.kv_heads,
                                        .bias = t.bias,
                                        .num_memory_kv = t.memory},
-                                      std::make_unique<FullAttention>());
+                                      std::make_unique<FullAttention>(),
+                                      std::move(rotary));
   ASSERT_TRUE(layer.ok()) << layer.status();
   FlatParams flat;
   int64_t total = 0;
@@ -235,7 +264,11 @@ INSTANTIATE_TEST_SUITE_P(
         LayerCase{2, 3, 3, 6, 4, 2, 2, 2, 2, true, true,
                   true},  // grouped kv + memory kv
         LayerCase{2, 3, 6, 6, 2, 3, 3, 2, 3, false, false,
-                  false}));  // memory kv, cross
+                  false},  // memory kv, cross
+        LayerCase{2, 5, 5, 8, 2, 4, 3, 2, 0, true, true, true,
+                  4},  // rotary, causal
+        LayerCase{1, 4, 4, 8, 4, 4, 2, 2, 2, false, true, false,
+                  2}));  // partial rotary + grouped kv + memory kv
 
 TEST(AttentionLayerConfigTest, BadConfigurationsAreErrors) {
   EXPECT_EQ(AttentionLayer::Create({.d_model = 6, .n_heads = 4},
