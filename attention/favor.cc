@@ -783,18 +783,6 @@ class FavorRunningSums : public RecurrentState {
   std::vector<float> key_features;    // [N, 1, H, F]
 };
 
-absl::Status CheckStepView(const char* op, const char* name,
-                           const TensorView<const float>& view) {
-  if (view.rank() != 3 || (view.data() == nullptr && view.NumElements() > 0) ||
-      view.device().type != DeviceType::kCpu || !view.IsContiguous()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": ", name,
-                     " must be a contiguous CPU [N, H, *] tensor, got shape ",
-                     view.shape().ToString()));
-  }
-  return absl::OkStatus();
-}
-
 FavorAttentionOptions RecurrentOptions(FavorAttentionOptions options) {
   options.causal = true;
   options.key_stabilizer = FavorKeyStabilizer::kZero;
@@ -823,21 +811,10 @@ absl::Status RecurrentFavorAttention::Step(const Context& ctx,
                                            TensorView<float> out,
                                            RecurrentState& state) {
   constexpr char kOp[] = "RecurrentFavorAttention";
-  FTX_RETURN_IF_ERROR(CheckStepView(kOp, "query", query));
-  FTX_RETURN_IF_ERROR(CheckStepView(kOp, "key", key));
-  FTX_RETURN_IF_ERROR(CheckStepView(kOp, "value", value));
-  FTX_RETURN_IF_ERROR(CheckStepView(kOp, "out", out));
-  const int64_t N = query.dim(0), H = query.dim(1), E = query.dim(2),
-                D = value.dim(2);
-  if (key.shape() != query.shape() || value.dim(0) != N || value.dim(1) != H ||
-      out.shape() != value.shape()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        kOp,
-        ": expected query and key [N, H, E], value and out [N, H, D]; got "
-        "query ",
-        query.shape().ToString(), ", key ", key.shape().ToString(), ", value ",
-        value.shape().ToString(), ", out ", out.shape().ToString()));
-  }
+  FTX_ASSIGN_OR_RETURN(const RecurrentStepDims dims,
+                       ValidateRecurrentStep(kOp, query, key, value, out));
+  const int64_t N = dims.batch, H = dims.heads, E = dims.qk_dim,
+                D = dims.value_dim;
   if (ctx.device().type != DeviceType::kCpu) {
     return absl::UnimplementedError(
         absl::StrCat(kOp, ": only the CPU path exists so far"));

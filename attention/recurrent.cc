@@ -12,14 +12,6 @@
 namespace ftx {
 namespace {
 
-struct StepDims {
-  int64_t batch = 0, heads = 0, qk_dim = 0, value_dim = 0;
-  bool operator==(const StepDims& o) const {
-    return batch == o.batch && heads == o.heads && qk_dim == o.qk_dim &&
-           value_dim == o.value_dim;
-  }
-};
-
 absl::Status CheckStepView(const char* op, const char* name,
                            const TensorView<const float>& view) {
   if (view.rank() != 3 || (view.data() == nullptr && view.NumElements() > 0) ||
@@ -32,16 +24,17 @@ absl::Status CheckStepView(const char* op, const char* name,
   return absl::OkStatus();
 }
 
-absl::StatusOr<StepDims> ValidateStep(const char* op,
-                                      TensorView<const float> query,
-                                      TensorView<const float> key,
-                                      TensorView<const float> value,
-                                      TensorView<float> out) {
+}  // namespace
+
+absl::StatusOr<RecurrentStepDims> ValidateRecurrentStep(
+    const char* op, TensorView<const float> query, TensorView<const float> key,
+    TensorView<const float> value, TensorView<float> out) {
   FTX_RETURN_IF_ERROR(CheckStepView(op, "query", query));
   FTX_RETURN_IF_ERROR(CheckStepView(op, "key", key));
   FTX_RETURN_IF_ERROR(CheckStepView(op, "value", value));
   FTX_RETURN_IF_ERROR(CheckStepView(op, "out", out));
-  StepDims dims{query.dim(0), query.dim(1), query.dim(2), value.dim(2)};
+  RecurrentStepDims dims{query.dim(0), query.dim(1), query.dim(2),
+                         value.dim(2)};
   if (key.shape() != query.shape() || value.dim(0) != dims.batch ||
       value.dim(1) != dims.heads || out.shape() != value.shape()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -54,8 +47,8 @@ absl::StatusOr<StepDims> ValidateStep(const char* op,
   return dims;
 }
 
-absl::Status CheckSameDims(const char* op, const StepDims& first,
-                           const StepDims& now) {
+absl::Status CheckSameStepDims(const char* op, const RecurrentStepDims& first,
+                               const RecurrentStepDims& now) {
   if (first == now) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
       op, ": step shapes changed from [N=", first.batch, ", H=", first.heads,
@@ -63,11 +56,13 @@ absl::Status CheckSameDims(const char* op, const StepDims& first,
       ", H=", now.heads, ", E=", now.qk_dim, ", D=", now.value_dim, "]"));
 }
 
+namespace {
+
 class KeyValueCache : public RecurrentState {
  public:
   int64_t steps() const override { return steps_; }
 
-  StepDims dims;
+  RecurrentStepDims dims;
   int64_t steps_ = 0;
   // Per (n, h): keys [steps, E] and values [steps, D], appended each step.
   std::vector<std::vector<float>> keys, values;
@@ -77,7 +72,7 @@ class RunningSums : public RecurrentState {
  public:
   int64_t steps() const override { return steps_; }
 
-  StepDims dims;
+  RecurrentStepDims dims;
   int64_t features = 0;
   int64_t steps_ = 0;
   std::vector<float> kv;                // [N, H, F, D]
@@ -98,8 +93,8 @@ absl::Status RecurrentFullAttention::Step(const Context& ctx,
                                           TensorView<float> out,
                                           RecurrentState& state) {
   constexpr char kOp[] = "RecurrentFullAttention";
-  FTX_ASSIGN_OR_RETURN(const StepDims dims,
-                       ValidateStep(kOp, query, key, value, out));
+  FTX_ASSIGN_OR_RETURN(const RecurrentStepDims dims,
+                       ValidateRecurrentStep(kOp, query, key, value, out));
   auto* cache = dynamic_cast<KeyValueCache*>(&state);
   if (cache == nullptr) {
     return absl::InvalidArgumentError(
@@ -110,7 +105,7 @@ absl::Status RecurrentFullAttention::Step(const Context& ctx,
     cache->keys.assign(dims.batch * dims.heads, {});
     cache->values.assign(dims.batch * dims.heads, {});
   }
-  FTX_RETURN_IF_ERROR(CheckSameDims(kOp, cache->dims, dims));
+  FTX_RETURN_IF_ERROR(CheckSameStepDims(kOp, cache->dims, dims));
   const int64_t E = dims.qk_dim, D = dims.value_dim;
   const float temp =
       softmax_temp_.value_or(1.0f / std::sqrt(static_cast<float>(E)));
@@ -165,8 +160,8 @@ absl::Status RecurrentLinearAttention::Step(const Context& ctx,
                                             TensorView<float> out,
                                             RecurrentState& state) {
   constexpr char kOp[] = "RecurrentLinearAttention";
-  FTX_ASSIGN_OR_RETURN(const StepDims dims,
-                       ValidateStep(kOp, query, key, value, out));
+  FTX_ASSIGN_OR_RETURN(const RecurrentStepDims dims,
+                       ValidateRecurrentStep(kOp, query, key, value, out));
   auto* sums = dynamic_cast<RunningSums*>(&state);
   if (sums == nullptr) {
     return absl::InvalidArgumentError(
@@ -188,7 +183,7 @@ absl::Status RecurrentLinearAttention::Step(const Context& ctx,
         sums->key_features,
         Tensor::Create(DType::kF32, {N, 1, H, sums->features}));
   }
-  FTX_RETURN_IF_ERROR(CheckSameDims(kOp, sums->dims, dims));
+  FTX_RETURN_IF_ERROR(CheckSameStepDims(kOp, sums->dims, dims));
   const int64_t F = sums->features;
   // Feature maps see one-step sequences [N, 1, H, E].
   FTX_RETURN_IF_ERROR(

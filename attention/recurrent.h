@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "attention/feature_map.h"
 #include "kernels/base/context.h"
 #include "kernels/base/tensor_view.h"
@@ -33,6 +34,25 @@ class RecurrentState {
   // Steps taken so far.
   virtual int64_t steps() const = 0;
 };
+
+// N, H, E and D of one step.
+struct RecurrentStepDims {
+  int64_t batch = 0, heads = 0, qk_dim = 0, value_dim = 0;
+  bool operator==(const RecurrentStepDims& other) const {
+    return batch == other.batch && heads == other.heads &&
+           qk_dim == other.qk_dim && value_dim == other.value_dim;
+  }
+};
+
+// Checks one step's views (contiguous CPU query/key [N, H, E], value/out [N, H,
+// D]); InvalidArgument naming the bad view otherwise.
+absl::StatusOr<RecurrentStepDims> ValidateRecurrentStep(
+    const char* op, TensorView<const float> query, TensorView<const float> key,
+    TensorView<const float> value, TensorView<float> out);
+
+// InvalidArgument when a later step's shapes differ from the first step's.
+absl::Status CheckSameStepDims(const char* op, const RecurrentStepDims& first,
+                               const RecurrentStepDims& now);
 
 class RecurrentAttention {
  public:
