@@ -1,5 +1,5 @@
-// ReZero: initial gains of both references, forward g * f(x), and the gradients of the
-// branch and of g by central differences.
+// ReZero: initial gains of both references, forward g * f(x), and the gradients
+// of the branch and of g by central differences.
 #include "layers/rezero.h"
 
 #include <memory>
@@ -27,7 +27,8 @@ TEST(ReZeroTest, InitForwardBackward) {
   std::vector<float> y(branch.size());
   const TensorView<const float> g_view(&g, {1});
   ASSERT_TRUE(performer
-                  .Forward(*ctx, g_view, TensorView<const float>(branch.data(), {3, 5}),
+                  .Forward(*ctx, g_view,
+                           TensorView<const float>(branch.data(), {3, 5}),
                            TensorView<float>(y.data(), {3, 5}))
                   .ok());
   for (size_t i = 0; i < y.size(); ++i) EXPECT_FLOAT_EQ(y[i], 0.7f * branch[i]);
@@ -36,7 +37,8 @@ TEST(ReZeroTest, InitForwardBackward) {
   std::vector<float> d_branch(y.size());
   float d_g = 1.0f;
   ASSERT_TRUE(performer
-                  .Backward(*ctx, g_view, TensorView<const float>(branch.data(), {3, 5}),
+                  .Backward(*ctx, g_view,
+                            TensorView<const float>(branch.data(), {3, 5}),
                             TensorView<const float>(d_y.data(), {3, 5}),
                             TensorView<float>(d_branch.data(), {3, 5}),
                             TensorView<float>(&d_g, {1}))
@@ -48,10 +50,12 @@ TEST(ReZeroTest, InitForwardBackward) {
     for (size_t i = 0; i < x.size(); ++i) sum += w[i] * gain * x[i];
     return sum;
   };
-  EXPECT_TRUE(testing::GradientMatches([&](const auto& v) { return loss(0.7, v); }, b,
-                                       testing::Cast<double>(d_branch), {1e-6, 1e-5}));
-  EXPECT_TRUE(testing::GradientMatches([&](const auto& v) { return loss(v[0], b); }, {0.7},
-                                       {d_g - 1.0}, {1e-6, 1e-5}));
+  EXPECT_TRUE(
+      testing::GradientMatches([&](const auto& v) { return loss(0.7, v); }, b,
+                               testing::Cast<double>(d_branch), {1e-6, 1e-5}));
+  EXPECT_TRUE(
+      testing::GradientMatches([&](const auto& v) { return loss(v[0], b); },
+                               {0.7}, {d_g - 1.0}, {1e-6, 1e-5}));
 }
 
 TEST(ReZeroTest, NonScalarGainIsAnError) {

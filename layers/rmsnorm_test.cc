@@ -1,5 +1,5 @@
-// RMSNorm against its formula in double; x and g gradients by central differences;
-// the eps clamp on an all-zero row; bad shapes.
+// RMSNorm against its formula in double; x and g gradients by central
+// differences; the eps clamp on an all-zero row; bad shapes.
 #include "layers/rmsnorm.h"
 
 #include <cmath>
@@ -19,14 +19,16 @@ using ::ftx::testing::RandomUniformVector;
 
 constexpr int64_t kRows = 5, kDim = 7;
 
-std::vector<double> Reference(const std::vector<double>& x, const std::vector<double>& g,
-                              double eps) {
+std::vector<double> Reference(const std::vector<double>& x,
+                              const std::vector<double>& g, double eps) {
   std::vector<double> y(x.size());
   for (int64_t r = 0; r < kRows; ++r) {
     double sum = 0;
     for (int64_t c = 0; c < kDim; ++c) sum += x[r * kDim + c] * x[r * kDim + c];
-    const double denominator = std::max(std::sqrt(sum) / std::sqrt(double(kDim)), eps);
-    for (int64_t c = 0; c < kDim; ++c) y[r * kDim + c] = x[r * kDim + c] / denominator * g[c];
+    const double denominator =
+        std::max(std::sqrt(sum) / std::sqrt(double(kDim)), eps);
+    for (int64_t c = 0; c < kDim; ++c)
+      y[r * kDim + c] = x[r * kDim + c] / denominator * g[c];
   }
   return y;
 }
@@ -43,7 +45,9 @@ TEST(RMSNormTest, ForwardAndBackwardMatchReference) {
   std::vector<float> y(x.size());
   const TensorView<const float> x_view(x.data(), {kRows, kDim});
   const TensorView<const float> g_view(g.data(), {kDim});
-  ASSERT_TRUE(norm.Forward(*ctx, g_view, x_view, TensorView<float>(y.data(), {kRows, kDim})).ok());
+  ASSERT_TRUE(norm.Forward(*ctx, g_view, x_view,
+                           TensorView<float>(y.data(), {kRows, kDim}))
+                  .ok());
   const auto xd = testing::Cast<double>(x), gd = testing::Cast<double>(g);
   EXPECT_TRUE(AllNear(y, Reference(xd, gd, 1e-8), {1e-6, 1e-6}));
 
@@ -58,11 +62,15 @@ TEST(RMSNormTest, ForwardAndBackwardMatchReference) {
   // The clamped row is linear in x there: its gradient is g * d_y / eps.
   std::vector<double> x_for_check = xd;
   for (int64_t c = 0; c < kDim; ++c) x_for_check[kDim + c] = 0.0;
-  auto loss_x = [&](const std::vector<double>& v) { return testing::Dot(w, Reference(v, gd, 1e-8)); };
+  auto loss_x = [&](const std::vector<double>& v) {
+    return testing::Dot(w, Reference(v, gd, 1e-8));
+  };
   std::vector<double> analytic_x = testing::Cast<double>(d_x);
-  // Central differences cannot step inside the eps = 1e-8 clamp: check that row by formula.
+  // Central differences cannot step inside the eps = 1e-8 clamp: check that row
+  // by formula.
   for (int64_t c = 0; c < kDim; ++c) {
-    EXPECT_NEAR(analytic_x[kDim + c], g[c] * d_y[kDim + c] / 1e-8, 1e-6 * std::abs(g[c] * d_y[kDim + c] / 1e-8));
+    EXPECT_NEAR(analytic_x[kDim + c], g[c] * d_y[kDim + c] / 1e-8,
+                1e-6 * std::abs(g[c] * d_y[kDim + c] / 1e-8));
   }
   std::vector<double> other_rows, other_analytic;
   for (int64_t i = 0; i < kRows * kDim; ++i) {
@@ -80,10 +88,13 @@ TEST(RMSNormTest, ForwardAndBackwardMatchReference) {
   for (int64_t i = 0; i < kRows * kDim; ++i) {
     if (i / kDim != 1) other_rows.push_back(xd[i]);
   }
-  EXPECT_TRUE(testing::GradientMatches(loss_other, other_rows, other_analytic, {1e-5, 1e-4}));
+  EXPECT_TRUE(testing::GradientMatches(loss_other, other_rows, other_analytic,
+                                       {1e-5, 1e-4}));
   std::vector<double> analytic_g = testing::Cast<double>(d_g);
   for (double& v : analytic_g) v -= 0.5;
-  auto loss_g = [&](const std::vector<double>& v) { return testing::Dot(w, Reference(x_for_check, v, 1e-8)); };
+  auto loss_g = [&](const std::vector<double>& v) {
+    return testing::Dot(w, Reference(x_for_check, v, 1e-8));
+  };
   // The clamped row contributes d_y * 0 / eps = 0 to d_g.
   EXPECT_TRUE(testing::GradientMatches(loss_g, gd, analytic_g, {1e-5, 1e-4}));
 }

@@ -19,7 +19,8 @@ using ::ftx::testing::RandomUniformVector;
 
 constexpr int64_t kRows = 4, kDim = 6;
 
-std::vector<double> Reference(const std::vector<double>& x, double g, bool sqrt_dim) {
+std::vector<double> Reference(const std::vector<double>& x, double g,
+                              bool sqrt_dim) {
   std::vector<double> y(x.size());
   for (int64_t r = 0; r < kRows; ++r) {
     double sum = 0;
@@ -27,7 +28,8 @@ std::vector<double> Reference(const std::vector<double>& x, double g, bool sqrt_
     double norm = std::sqrt(sum);
     if (sqrt_dim) norm /= std::sqrt(double(kDim));
     const double denominator = std::max(norm, 1e-5);
-    for (int64_t c = 0; c < kDim; ++c) y[r * kDim + c] = x[r * kDim + c] / denominator * g;
+    for (int64_t c = 0; c < kDim; ++c)
+      y[r * kDim + c] = x[r * kDim + c] / denominator * g;
   }
   return y;
 }
@@ -41,13 +43,17 @@ TEST_P(ScaleNormTest, ForwardAndBackwardMatchReference) {
   ScaleNorm norm({.dim = kDim, .variant = variant});
   float g = 0;
   norm.InitParams(TensorView<float>(&g, {1}));
-  EXPECT_FLOAT_EQ(g, variant == ScaleNormVariant::kXTransformers10 ? 1 / std::sqrt(6.0f) : 1.0f);
+  EXPECT_FLOAT_EQ(g, variant == ScaleNormVariant::kXTransformers10
+                         ? 1 / std::sqrt(6.0f)
+                         : 1.0f);
   g = 1.3f;
   const std::vector<float> x = RandomUniformVector(kRows * kDim, 4, -2, 2);
   std::vector<float> y(x.size());
   const TensorView<const float> x_view(x.data(), {kRows, kDim});
   const TensorView<const float> g_view(&g, {1});
-  ASSERT_TRUE(norm.Forward(*ctx, g_view, x_view, TensorView<float>(y.data(), {kRows, kDim})).ok());
+  ASSERT_TRUE(norm.Forward(*ctx, g_view, x_view,
+                           TensorView<float>(y.data(), {kRows, kDim}))
+                  .ok());
   const auto xd = testing::Cast<double>(x);
   EXPECT_TRUE(AllNear(y, Reference(xd, 1.3, sqrt_dim), {1e-6, 1e-6}));
 
@@ -61,10 +67,14 @@ TEST_P(ScaleNormTest, ForwardAndBackwardMatchReference) {
                   .ok());
   const std::vector<double> w(d_y.begin(), d_y.end());
   EXPECT_TRUE(testing::GradientMatches(
-      [&](const std::vector<double>& v) { return testing::Dot(w, Reference(v, 1.3, sqrt_dim)); },
+      [&](const std::vector<double>& v) {
+        return testing::Dot(w, Reference(v, 1.3, sqrt_dim));
+      },
       xd, testing::Cast<double>(d_x), {1e-5, 1e-4}));
   EXPECT_TRUE(testing::GradientMatches(
-      [&](const std::vector<double>& v) { return testing::Dot(w, Reference(xd, v[0], sqrt_dim)); },
+      [&](const std::vector<double>& v) {
+        return testing::Dot(w, Reference(xd, v[0], sqrt_dim));
+      },
       {1.3}, {d_g - 0.25}, {1e-5, 1e-4}));
 }
 
