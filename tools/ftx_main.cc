@@ -1,16 +1,21 @@
 // The ftx command-line tool.
 //
 //   ftx attention list      every registered attention mechanism with its options
+//   ftx inspect FILE        tensors (name, dtype, shape, bytes) and metadata of a
+//                           safetensors file, sorted by name, with the parameter count
 //
 // Errors go to stderr with a non-zero exit status; nothing here aborts on user input.
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "attention/builtin.h"
 #include "attention/registry.h"
+#include "models/safetensors.h"
 
 namespace ftx {
 namespace {
@@ -20,6 +25,7 @@ constexpr char kUsage[] =
     "\n"
     "commands:\n"
     "  attention list    list every attention mechanism with its options and defaults\n"
+    "  inspect FILE      list the tensors and metadata of a safetensors file\n"
     "  help              show this message\n";
 
 absl::Status AttentionList() {
@@ -53,6 +59,41 @@ absl::Status AttentionList() {
   return absl::OkStatus();
 }
 
+absl::Status Inspect(const std::string& path) {
+  absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path);
+  if (!file.ok()) return file.status();
+  std::printf("%s\n", path.c_str());
+  if (!file->metadata().empty()) {
+    std::printf("metadata:\n");
+    for (const auto& [key, value] : file->metadata()) {
+      std::printf("  %s: %s\n", absl::Utf8SafeCEscape(key).c_str(),
+                  absl::Utf8SafeCEscape(value).c_str());
+    }
+  }
+  int name_width = 4;
+  int dtype_width = 5;
+  int shape_width = 5;
+  for (const SafetensorsEntry& entry : file->entries()) {
+    name_width = std::max(name_width, static_cast<int>(entry.name.size()));
+    dtype_width = std::max(dtype_width, static_cast<int>(entry.dtype.size()));
+    shape_width = std::max(shape_width, static_cast<int>(entry.ShapeString().size()));
+  }
+  std::printf("tensors:\n  %-*s  %-*s  %-*s  %s\n", name_width, "name", dtype_width,
+              "dtype", shape_width, "shape", "bytes");
+  int64_t parameters = 0;
+  int64_t bytes = 0;
+  for (const SafetensorsEntry& entry : file->entries()) {
+    std::printf("  %-*s  %-*s  %-*s  %lld\n", name_width, entry.name.c_str(), dtype_width,
+                entry.dtype.c_str(), shape_width, entry.ShapeString().c_str(),
+                static_cast<long long>(entry.NumBytes()));
+    parameters += entry.NumElements();
+    bytes += entry.NumBytes();
+  }
+  std::printf("%zu tensors, %lld parameters, %lld bytes\n", file->entries().size(),
+              static_cast<long long>(parameters), static_cast<long long>(bytes));
+  return absl::OkStatus();
+}
+
 absl::Status Run(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
     std::printf("%s", kUsage);
@@ -61,6 +102,10 @@ absl::Status Run(const std::vector<std::string>& args) {
   if (args[0] == "attention") {
     if (args.size() == 2 && args[1] == "list") return AttentionList();
     return absl::InvalidArgumentError("usage: ftx attention list");
+  }
+  if (args[0] == "inspect") {
+    if (args.size() == 2) return Inspect(args[1]);
+    return absl::InvalidArgumentError("usage: ftx inspect FILE");
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown command \"", args[0], "\"; run 'ftx help'"));
