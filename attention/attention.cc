@@ -42,11 +42,38 @@ absl::Status CheckShape(absl::string_view op, absl::string_view name,
   return absl::OkStatus();
 }
 
+// A given head bias (or its gradient) must be a usable [H, L, S] view on the
+// context's device.
+absl::Status CheckHeadBias(absl::string_view op, absl::string_view name,
+                           const TensorView<const float>& view,
+                           const AttentionDims& dims, const Context& ctx) {
+  const Shape expected{dims.heads, dims.queries, dims.keys};
+  if (view.shape() != expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", name, " has shape ", view.shape().ToString(),
+                     ", expected [H, L, S] = ", expected.ToString()));
+  }
+  if (view.data() == nullptr && view.NumElements() > 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", name, " has null data"));
+  }
+  if (view.device().type != ctx.device().type) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": ", name, " is on ", DeviceTypeName(view.device().type),
+        " but the context is ", DeviceTypeName(ctx.device().type)));
+  }
+  if (view.stride(2) != 1 && view.dim(2) > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": ", name, " must have unit stride in its last axis"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<AttentionDims> ValidateAttentionForward(
     absl::string_view op, const Context& ctx, const AttentionInputs& inputs,
-    TensorView<float> out) {
+    TensorView<float> out, const AttentionSupport& support) {
   FTX_RETURN_IF_ERROR(CheckRank4(op, "queries", inputs.queries, ctx));
   FTX_RETURN_IF_ERROR(CheckRank4(op, "keys", inputs.keys, ctx));
   FTX_RETURN_IF_ERROR(CheckRank4(op, "values", inputs.values, ctx));
@@ -71,19 +98,29 @@ absl::StatusOr<AttentionDims> ValidateAttentionForward(
                                                     dims.batch, dims.queries));
   FTX_RETURN_IF_ERROR(
       inputs.key_lengths.Validate(op, "key_lengths", dims.batch, dims.keys));
+  if (IsGiven(inputs.head_bias)) {
+    if (!support.head_bias) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(op, ": this mechanism does not support a head_bias"));
+    }
+    FTX_RETURN_IF_ERROR(
+        CheckHeadBias(op, "head_bias", inputs.head_bias, dims, ctx));
+  }
   return dims;
 }
 
 absl::StatusOr<AttentionDims> ValidateAttentionBackward(
     absl::string_view op, const Context& ctx, const AttentionInputs& inputs,
-    TensorView<const float> d_out, const AttentionGrads& grads) {
+    TensorView<const float> d_out, const AttentionGrads& grads,
+    const AttentionSupport& support) {
   FTX_RETURN_IF_ERROR(CheckRank4(op, "d_out", d_out, ctx));
   FTX_ASSIGN_OR_RETURN(
       AttentionDims dims,
       ValidateAttentionForward(
           op, ctx, inputs,
           TensorView<float>(const_cast<float*>(d_out.data()), d_out.shape(),
-                            d_out.strides(), d_out.device())));
+                            d_out.strides(), d_out.device()),
+          support));
   FTX_RETURN_IF_ERROR(CheckRank4(op, "d_queries", grads.d_queries, ctx));
   FTX_RETURN_IF_ERROR(CheckRank4(op, "d_keys", grads.d_keys, ctx));
   FTX_RETURN_IF_ERROR(CheckRank4(op, "d_values", grads.d_values, ctx));
@@ -93,6 +130,14 @@ absl::StatusOr<AttentionDims> ValidateAttentionBackward(
       CheckShape(op, "d_keys", grads.d_keys, inputs.keys.shape()));
   FTX_RETURN_IF_ERROR(
       CheckShape(op, "d_values", grads.d_values, inputs.values.shape()));
+  if (IsGiven(grads.d_head_bias)) {
+    if (!IsGiven(inputs.head_bias)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          op, ": d_head_bias is given but the inputs have no head_bias"));
+    }
+    FTX_RETURN_IF_ERROR(
+        CheckHeadBias(op, "d_head_bias", grads.d_head_bias, dims, ctx));
+  }
   return dims;
 }
 

@@ -10,7 +10,14 @@
 //
 // Backward convention: d_queries, d_keys and d_values are written (=), like
 // every activation gradient in ftx; mechanisms with parameters accumulate those
-// (+=).
+// (+=), and so does d_head_bias (the gradient of an additive per-head score
+// bias, which belongs to a position-bias module's parameters).
+//
+// A per-head score bias (x-transformers' T5 relative bias, ALiBi, dynamic
+// position bias; layers/t5_relative_bias.h, layers/alibi.h,
+// layers/dynamic_position_bias.h) reaches the mechanism through
+// AttentionInputs::head_bias. Only mechanisms whose SupportsHeadBias() is true
+// accept one; the others return InvalidArgument for it.
 #ifndef FTX_ATTENTION_ATTENTION_H_
 #define FTX_ATTENTION_ATTENTION_H_
 
@@ -38,12 +45,21 @@ struct AttentionInputs {
   // (the backward regenerates the same mask from it).
   bool training = false;
   uint64_t seed = 0;
+  // Optional per-head additive score bias [H, L, S], the same for every batch
+  // item, added to the scaled scores t * Q K^T before the masks
+  // (x-transformers' rel_pos(dots)). Default-constructed (absent) for none.
+  // Last axis unit stride.
+  TensorView<const float> head_bias;
 };
 
 struct AttentionGrads {
   TensorView<float> d_queries;  // [N, L, H, E], written
   TensorView<float> d_keys;     // [N, S, H, E], written
   TensorView<float> d_values;   // [N, S, H, D], written
+  // [H, L, S], accumulated (+=) with the gradient of AttentionInputs::head_bias
+  // (summed over the batch). Optional: default-constructed skips it; given,
+  // it requires a head_bias.
+  TensorView<float> d_head_bias;
 };
 
 // What a forward keeps for its backward. Mechanisms size the tensors on first
@@ -80,6 +96,11 @@ class Attention {
   // Trainable parameters; none for most mechanisms.
   virtual std::vector<ParamRef> Parameters() { return {}; }
 
+  // Whether Forward and Backward accept AttentionInputs::head_bias (and
+  // AttentionGrads::d_head_bias). Mechanisms that do not return
+  // InvalidArgument when one is given.
+  virtual bool SupportsHeadBias() const { return false; }
+
   // out: [N, L, H, D]. `cache` may be null (inference); when given, it receives
   // what Backward needs.
   virtual absl::Status Forward(const Context& ctx,
@@ -105,16 +126,34 @@ struct AttentionDims {
   int64_t value_dim = 0;  // D
 };
 
-// Checks ranks, shapes, devices, strides and masks of a forward call and
-// returns the dimensions; InvalidArgument names the offending tensor otherwise.
+// True unless `view` is default-constructed: how optional tensors (a head
+// bias, its gradient) are left out.
+template <typename T>
+bool IsGiven(const TensorView<T>& view) {
+  return view.data() != nullptr || view.rank() > 0;
+}
+
+// The optional inputs a mechanism implements. ValidateAttentionForward and
+// ValidateAttentionBackward reject the others with InvalidArgument, so a
+// mechanism that passes nothing here never silently ignores a head bias.
+struct AttentionSupport {
+  // AttentionInputs::head_bias and AttentionGrads::d_head_bias.
+  bool head_bias = false;
+};
+
+// Checks ranks, shapes, devices, strides and masks of a forward call (and the
+// head bias: [H, L, S] where supported, absent otherwise) and returns the
+// dimensions; InvalidArgument names the offending tensor otherwise.
 absl::StatusOr<AttentionDims> ValidateAttentionForward(
     absl::string_view op, const Context& ctx, const AttentionInputs& inputs,
-    TensorView<float> out);
+    TensorView<float> out, const AttentionSupport& support = {});
 
-// The same for a backward call (also checks d_out and the gradient views).
+// The same for a backward call (also checks d_out and the gradient views; a
+// given d_head_bias must be [H, L, S] and needs a head_bias).
 absl::StatusOr<AttentionDims> ValidateAttentionBackward(
     absl::string_view op, const Context& ctx, const AttentionInputs& inputs,
-    TensorView<const float> d_out, const AttentionGrads& grads);
+    TensorView<const float> d_out, const AttentionGrads& grads,
+    const AttentionSupport& support = {});
 
 // Makes `tensor` a zero-filled f32 tensor of `shape` on `device`, reusing its
 // memory when it already has that shape.

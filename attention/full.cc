@@ -36,6 +36,37 @@ void MaskPaddedKeys(const Context& ctx, const LengthMask& key_lengths,
   });
 }
 
+// scores[h, n, l, :] += head_bias[h, l, :] for the [H, N, L, S] scores.
+void AddHeadBias(const Context& ctx, const TensorView<const float>& head_bias,
+                 const AttentionDims& dims, float* scores) {
+  const int64_t rows = dims.heads * dims.batch * dims.queries;
+  ctx.pool().ParallelFor(rows, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t h = r / (dims.batch * dims.queries);
+      const int64_t l = r % dims.queries;
+      const float* bias = &head_bias.at(h, l);
+      float* row = scores + r * dims.keys;
+      for (int64_t s = 0; s < dims.keys; ++s) row[s] += bias[s];
+    }
+  });
+}
+
+// d_head_bias[h, l, :] += sum_n d_scores[n, l, :] for one head's [N, L, S]
+// score gradient.
+void AccumulateHeadBiasGrad(const Context& ctx, const float* d_scores,
+                            const AttentionDims& dims, int64_t h,
+                            const TensorView<float>& d_head_bias) {
+  ctx.pool().ParallelFor(dims.queries, [&](int64_t begin, int64_t end) {
+    for (int64_t l = begin; l < end; ++l) {
+      float* d_bias = &d_head_bias.at(h, l);
+      for (int64_t n = 0; n < dims.batch; ++n) {
+        const float* row = d_scores + (n * dims.queries + l) * dims.keys;
+        for (int64_t s = 0; s < dims.keys; ++s) d_bias[s] += row[s];
+      }
+    }
+  });
+}
+
 // out[i] = in[i] * keep / (1 - p), keep ~ Bernoulli(1 - p) drawn from element
 // offset + i of the Philox stream (the same draw in forward and backward).
 void ApplyDropout(const Context& ctx, float p, uint64_t seed, uint64_t offset,
@@ -65,9 +96,9 @@ absl::Status FullAttention::Forward(const Context& ctx,
                                     const AttentionInputs& inputs,
                                     TensorView<float> out,
                                     AttentionCache* cache) {
-  FTX_ASSIGN_OR_RETURN(
-      const AttentionDims dims,
-      ValidateAttentionForward("FullAttention", ctx, inputs, out));
+  FTX_ASSIGN_OR_RETURN(const AttentionDims dims,
+                       ValidateAttentionForward("FullAttention", ctx, inputs,
+                                                out, {.head_bias = true}));
   if (ctx.device().type != DeviceType::kCpu) {
     return absl::UnimplementedError(
         "FullAttention: only the CPU path exists so far");
@@ -81,15 +112,20 @@ absl::Status FullAttention::Forward(const Context& ctx,
   }
   TensorView<float> probabilities = saved.saved[kProbabilities].view<float>();
 
-  // Scores per head: [N, L, S] = Q_h [N, L, E] K_h^T.
+  // Scaled scores per head: [N, L, S] = t Q_h [N, L, E] K_h^T (+ bias).
+  const float temperature = Temperature(dims.qk_dim);
   for (int64_t h = 0; h < dims.heads; ++h) {
-    FTX_RETURN_IF_ERROR(
-        MatMul(ctx, inputs.queries.Select(2, h), inputs.keys.Select(2, h),
-               probabilities.Select(0, h), {.transpose_b = true}));
+    FTX_RETURN_IF_ERROR(MatMul(ctx, inputs.queries.Select(2, h),
+                               inputs.keys.Select(2, h),
+                               probabilities.Select(0, h),
+                               {.transpose_b = true, .alpha = temperature}));
+  }
+  if (IsGiven(inputs.head_bias)) {
+    AddHeadBias(ctx, inputs.head_bias, dims, probabilities.data());
   }
   MaskPaddedKeys(ctx, inputs.key_lengths, dims, probabilities.data());
 
-  SoftmaxOptions softmax{.scale = Temperature(dims.qk_dim)};
+  SoftmaxOptions softmax;
   switch (inputs.attn_mask.kind()) {
     case AttnMask::Kind::kAll:
       break;
@@ -133,9 +169,10 @@ absl::Status FullAttention::Backward(const Context& ctx,
                                      const AttentionCache& cache,
                                      TensorView<const float> d_out,
                                      const AttentionGrads& grads) {
-  FTX_ASSIGN_OR_RETURN(const AttentionDims dims,
-                       ValidateAttentionBackward("FullAttentionBackward", ctx,
-                                                 inputs, d_out, grads));
+  FTX_ASSIGN_OR_RETURN(
+      const AttentionDims dims,
+      ValidateAttentionBackward("FullAttentionBackward", ctx, inputs, d_out,
+                                grads, {.head_bias = true}));
   const bool dropout = DropoutActive(inputs);
   const Shape scores_shape{dims.heads, dims.batch, dims.queries, dims.keys};
   if (cache.saved.size() != (dropout ? 2u : 1u) ||
@@ -173,17 +210,21 @@ absl::Status FullAttention::Backward(const Context& ctx,
                    h * d_scores.NumElements(), d_scores.NumElements(),
                    d_scores.data(), d_scores.data());
     }
-    // d_scores = d(raw Q K^T): the softmax backward includes the temperature.
+    // d_scores = d(t Q K^T + head_bias), the gradient of the softmax logits.
     const TensorView<const float> p_rows = probabilities.Select(0, h).Reshape(
         {dims.batch * dims.queries, dims.keys});
-    FTX_RETURN_IF_ERROR(SoftmaxBackward(ctx, p_rows, d_score_rows, d_score_rows,
-                                        {.scale = temperature}));
-    // d_Q_h = d_scores K_h;  d_K_h = d_scores^T Q_h.
+    FTX_RETURN_IF_ERROR(
+        SoftmaxBackward(ctx, p_rows, d_score_rows, d_score_rows));
+    if (IsGiven(grads.d_head_bias)) {
+      AccumulateHeadBiasGrad(ctx, d_scores.data(), dims, h, grads.d_head_bias);
+    }
+    // d_Q_h = t d_scores K_h;  d_K_h = t d_scores^T Q_h.
     FTX_RETURN_IF_ERROR(MatMul(ctx, d_scores, inputs.keys.Select(2, h),
-                               grads.d_queries.Select(2, h)));
+                               grads.d_queries.Select(2, h),
+                               {.alpha = temperature}));
     FTX_RETURN_IF_ERROR(MatMul(ctx, d_scores, inputs.queries.Select(2, h),
                                grads.d_keys.Select(2, h),
-                               {.transpose_a = true}));
+                               {.transpose_a = true, .alpha = temperature}));
   }
   return absl::OkStatus();
 }
