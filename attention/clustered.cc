@@ -12,6 +12,7 @@
 #include "kernels/base/philox.h"
 #include "kernels/base/rng.h"
 #include "kernels/base/status_macros.h"
+#include "kernels/dropout/dropout.h"
 #include "kernels/matmul/matmul.h"
 #include "kernels/softmax/softmax.h"
 
@@ -73,22 +74,14 @@ const char* BackwardOpName(ClusteredVariant variant) {
 }
 
 bool Keep(uint64_t seed, uint64_t stream, uint64_t index, float p) {
-  return RandomUniform(seed, stream, index) >= p;
+  return DropoutKeeps({p, seed, stream, 0}, index);
 }
 
 // out[i] = in[i] * keep / (1 - p) with keep drawn from element i of the stream
 // (the same draw in forward and backward). out may be in.
 void ApplyDropout(const Context& ctx, float p, uint64_t seed, uint64_t stream,
                   int64_t count, const float* in, float* out) {
-  const float keep_scale = 1.0f / (1.0f - p);
-  ctx.pool().ParallelFor(
-      count,
-      [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          out[i] = Keep(seed, stream, i, p) ? in[i] * keep_scale : 0.0f;
-        }
-      },
-      4096);
+  DropoutInto(ctx, {p, seed, stream, 0}, count, in, out);
 }
 
 // a . b with eight partial sums, so the compiler can keep them in SIMD lanes.

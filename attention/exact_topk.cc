@@ -12,6 +12,7 @@
 #include "kernels/base/philox.h"
 #include "kernels/base/status_macros.h"
 #include "kernels/base/validate.h"
+#include "kernels/dropout/dropout.h"
 #include "kernels/matmul/matmul.h"
 
 namespace ftx {
@@ -96,16 +97,7 @@ void ApplyScoreMasks(const Context& ctx, const AttentionInputs& inputs,
 void ApplyDropoutMask(const Context& ctx, float p, uint64_t seed,
                       uint64_t stream, uint64_t offset, int64_t count,
                       const float* in, float* out) {
-  const float keep_scale = 1.0f / (1.0f - p);
-  ctx.pool().ParallelFor(
-      count,
-      [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const bool keep = RandomUniform(seed, stream, offset + i) >= p;
-          out[i] = keep ? in[i] * keep_scale : 0.0f;
-        }
-      },
-      4096);
+  DropoutInto(ctx, {p, seed, stream, offset}, count, in, out);
 }
 
 absl::Status KeepTopK(const Context& ctx, TensorView<float> scores, int64_t k,

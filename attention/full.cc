@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/base/philox.h"
 #include "kernels/base/status_macros.h"
+#include "kernels/dropout/dropout.h"
 #include "kernels/matmul/matmul.h"
 #include "kernels/softmax/softmax.h"
 
@@ -71,17 +72,7 @@ void AccumulateHeadBiasGrad(const Context& ctx, const float* d_scores,
 // offset + i of the Philox stream (the same draw in forward and backward).
 void ApplyDropout(const Context& ctx, float p, uint64_t seed, uint64_t offset,
                   int64_t count, const float* in, float* out) {
-  const float keep_scale = 1.0f / (1.0f - p);
-  ctx.pool().ParallelFor(
-      count,
-      [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const bool keep =
-              RandomUniform(seed, kDropoutStream, offset + i) >= p;
-          out[i] = keep ? in[i] * keep_scale : 0.0f;
-        }
-      },
-      4096);
+  DropoutInto(ctx, {p, seed, kDropoutStream, offset}, count, in, out);
 }
 
 }  // namespace

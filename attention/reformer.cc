@@ -12,6 +12,7 @@
 #include "kernels/base/philox.h"
 #include "kernels/base/rng.h"
 #include "kernels/base/status_macros.h"
+#include "kernels/dropout/dropout.h"
 #include "kernels/matmul/matmul.h"
 #include "kernels/softmax/softmax.h"
 
@@ -98,17 +99,7 @@ TensorView<const float> Half(const float* data, int64_t nh, int64_t L,
 // offset + i of the dropout stream (the same draw in forward and backward).
 void ApplyDropout(const Context& ctx, float p, uint64_t seed, uint64_t offset,
                   int64_t count, const float* in, float* out) {
-  const float keep_scale = 1.0f / (1.0f - p);
-  ctx.pool().ParallelFor(
-      count,
-      [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const bool keep =
-              RandomUniform(seed, kDropoutStream, offset + i) >= p;
-          out[i] = keep ? in[i] * keep_scale : 0.0f;
-        }
-      },
-      4096);
+  DropoutInto(ctx, {p, seed, kDropoutStream, offset}, count, in, out);
 }
 
 }  // namespace

@@ -30,18 +30,21 @@ absl::Status Dropout(const Context& ctx, const DropoutOptions& options,
     return absl::UnimplementedError(
         absl::StrCat(kOp, ": only the CPU path exists so far"));
   }
+  DropoutInto(ctx, options, x.NumElements(), x.data(), y.data());
+  return absl::OkStatus();
+}
+
+void DropoutInto(const Context& ctx, const DropoutOptions& options,
+                 int64_t count, const float* in, float* out) {
   const float keep_scale = 1.0f / (1.0f - options.p);
-  const float* in = x.data();
-  float* out = y.data();
   ctx.pool().ParallelFor(
-      x.NumElements(),
+      count,
       [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           out[i] = DropoutKeeps(options, i) ? in[i] * keep_scale : 0.0f;
         }
       },
       4096);
-  return absl::OkStatus();
 }
 
 }  // namespace ftx

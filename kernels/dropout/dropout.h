@@ -35,6 +35,12 @@ struct DropoutOptions {
 absl::Status Dropout(const Context& ctx, const DropoutOptions& options,
                      TensorView<const float> x, TensorView<float> y);
 
+// The unchecked core of Dropout for code that already validated its buffers:
+// out[i] = dropout(in[i]) for i < count, CPU memory, p in [0, 1); out may be
+// in.
+void DropoutInto(const Context& ctx, const DropoutOptions& options,
+                 int64_t count, const float* in, float* out);
+
 // Whether element `index` of the stream is kept (for code that fuses the mask).
 bool DropoutKeeps(const DropoutOptions& options, uint64_t index);
 
