@@ -21,7 +21,9 @@
 #ifndef FTX_ATTENTION_ATTENTION_H_
 #define FTX_ATTENTION_ATTENTION_H_
 
+#include <cmath>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -154,6 +156,15 @@ absl::StatusOr<AttentionDims> ValidateAttentionBackward(
     absl::string_view op, const Context& ctx, const AttentionInputs& inputs,
     TensorView<const float> d_out, const AttentionGrads& grads,
     const AttentionSupport& support = {});
+
+// The softmax temperature t of the softmax-family mechanisms: the given value,
+// or fast-transformers' default 1/sqrt(E).
+inline float SoftmaxTemperature(const std::optional<float>& softmax_temp,
+                                int64_t qk_dim) {
+  return softmax_temp.has_value()
+             ? *softmax_temp
+             : 1.0f / std::sqrt(static_cast<float>(qk_dim));
+}
 
 // Makes `tensor` a zero-filled f32 tensor of `shape` on `device`, reusing its
 // memory when it already has that shape.

@@ -427,9 +427,7 @@ absl::Status ClusteredAttention::SetInitialCentroids(
 }
 
 float ClusteredAttention::Temperature(int64_t qk_dim) const {
-  return options_.softmax_temp.has_value()
-             ? *options_.softmax_temp
-             : 1.0f / std::sqrt(static_cast<float>(qk_dim));
+  return SoftmaxTemperature(options_.softmax_temp, qk_dim);
 }
 
 absl::StatusOr<int64_t> ClusteredAttention::CheckCall(

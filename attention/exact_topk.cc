@@ -125,9 +125,7 @@ absl::Status KeepTopK(const Context& ctx, TensorView<float> scores, int64_t k,
 }
 
 float ExactTopKAttention::Temperature(int64_t qk_dim) const {
-  return options_.softmax_temp.has_value()
-             ? *options_.softmax_temp
-             : 1.0f / std::sqrt(static_cast<float>(qk_dim));
+  return SoftmaxTemperature(options_.softmax_temp, qk_dim);
 }
 
 absl::Status ExactTopKAttention::Forward(const Context& ctx,

@@ -78,9 +78,7 @@ void ApplyDropout(const Context& ctx, float p, uint64_t seed, uint64_t offset,
 }  // namespace
 
 float FullAttention::Temperature(int64_t qk_dim) const {
-  return options_.softmax_temp.has_value()
-             ? *options_.softmax_temp
-             : 1.0f / std::sqrt(static_cast<float>(qk_dim));
+  return SoftmaxTemperature(options_.softmax_temp, qk_dim);
 }
 
 absl::Status FullAttention::Forward(const Context& ctx,

@@ -435,8 +435,7 @@ BandProblem FastTransformersProblem(const LocalAttentionOptions& options,
   // Blocks of about c/2 rows: each block's key range is c + rows - 1 wide.
   rule.block = std::min(std::max(options.local_context / 2, kMinCenteredBlock),
                         std::max<int64_t>(queries, 1));
-  rule.scale =
-      options.softmax_temp.value_or(1.0f / std::sqrt(static_cast<float>(E)));
+  rule.scale = SoftmaxTemperature(options.softmax_temp, E);
   rule.fill = rule.scale * kFastTransformersMasked;
   switch (inputs.attn_mask.kind()) {
     case AttnMask::Kind::kAll:
@@ -899,8 +898,7 @@ absl::Status RecurrentLocalAttention::Step(const Context& ctx,
     k_data = window->rotated_key.data<float>();
   }
   const float scale = windowed_ ? 1.0f / std::sqrt(static_cast<float>(E))
-                                : local_.softmax_temp.value_or(
-                                      1.0f / std::sqrt(static_cast<float>(E)));
+                                : SoftmaxTemperature(local_.softmax_temp, E);
   const int64_t first = FirstVisible(position);
   const int64_t slot = position % capacity_;
   ctx.pool().ParallelFor(N * H, [&](int64_t begin, int64_t end) {

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "attention/attention.h"
 #include "kernels/base/status_macros.h"
 #include "kernels/base/tensor.h"
 
@@ -107,8 +108,7 @@ absl::Status RecurrentFullAttention::Step(const Context& ctx,
   }
   FTX_RETURN_IF_ERROR(CheckSameStepDims(kOp, cache->dims, dims));
   const int64_t E = dims.qk_dim, D = dims.value_dim;
-  const float temp =
-      softmax_temp_.value_or(1.0f / std::sqrt(static_cast<float>(E)));
+  const float temp = SoftmaxTemperature(softmax_temp_, E);
   const int64_t steps = ++cache->steps_;
   ctx.pool().ParallelFor(dims.batch * dims.heads, [&](int64_t begin,
                                                       int64_t end) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "attention/attention.h"
 #include "kernels/base/status_macros.h"
 #include "kernels/base/tensor.h"
 
@@ -121,8 +122,7 @@ absl::Status RecurrentCrossFullAttention::Step(const Context& ctx,
   FTX_RETURN_IF_ERROR(CheckStepShape(kOp, dims, query));
   const int64_t S = dims.keys, H = dims.heads, E = dims.qk_dim,
                 D = dims.value_dim;
-  const float temp =
-      softmax_temp_.value_or(1.0f / std::sqrt(static_cast<float>(E)));
+  const float temp = SoftmaxTemperature(softmax_temp_, E);
   ++cache->steps_;
   ctx.pool().ParallelFor(dims.batch * H, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(S);

@@ -151,9 +151,7 @@ absl::Status ReformerAttention::SetPlanes(TensorView<const float> planes) {
 }
 
 float ReformerAttention::Temperature(int64_t qk_dim) const {
-  return options_.softmax_temp.has_value()
-             ? *options_.softmax_temp
-             : 1.0f / std::sqrt(static_cast<float>(qk_dim));
+  return SoftmaxTemperature(options_.softmax_temp, qk_dim);
 }
 
 absl::Status ReformerAttention::CheckCall(const char* op,

@@ -91,9 +91,7 @@ TensorView<float> TalkingHeadsAttention::Matrix(Tensor& weight) const {
 }
 
 float TalkingHeadsAttention::Temperature(int64_t qk_dim) const {
-  return options_.softmax_temp.has_value()
-             ? *options_.softmax_temp
-             : 1.0f / std::sqrt(static_cast<float>(qk_dim));
+  return SoftmaxTemperature(options_.softmax_temp, qk_dim);
 }
 
 absl::Status TalkingHeadsAttention::Forward(const Context& ctx,
