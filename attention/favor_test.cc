@@ -28,6 +28,7 @@ using ::ftx::testing::AttentionCase;
 using ::ftx::testing::AttentionData;
 using ::ftx::testing::Cast;
 using ::ftx::testing::RandomNormalVector;
+using ::ftx::testing::StepThrough;
 
 reference::FavorRefOptions<double> RefOptions(
     const FavorAttentionOptions& options) {
@@ -372,44 +373,6 @@ TEST_F(FavorTest, ApproximationOfSoftmaxAttentionImprovesWithFeatures) {
     EXPECT_LT(performer_previous, 0.2) << (causal ? "causal" : "non-causal");
     EXPECT_LT(previous, ApproximationError(*ctx_, 8192, causal, false));
   }
-}
-
-// Steps `recurrent` through the positions of `data`; returns [N, L, H, D].
-std::vector<float> StepThrough(const Context& ctx,
-                               RecurrentAttention& recurrent,
-                               const AttentionData& data) {
-  const AttentionCase& c = data.shape();
-  const std::vector<double> q = AttentionData::Dense(data.queries());
-  const std::vector<double> k = AttentionData::Dense(data.keys());
-  const std::vector<double> v = AttentionData::Dense(data.values());
-  std::vector<float> result(data.OutSize());
-  std::unique_ptr<RecurrentState> state = recurrent.NewState();
-  std::vector<float> query(c.n * c.h * c.e), key(query.size()),
-      value(c.n * c.h * c.d), out(value.size());
-  for (int64_t l = 0; l < c.l; ++l) {
-    for (int64_t n = 0; n < c.n; ++n) {
-      for (int64_t i = 0; i < c.h * c.e; ++i) {
-        query[n * c.h * c.e + i] = q[(n * c.l + l) * c.h * c.e + i];
-        key[n * c.h * c.e + i] = k[(n * c.s + l) * c.h * c.e + i];
-      }
-      for (int64_t i = 0; i < c.h * c.d; ++i) {
-        value[n * c.h * c.d + i] = v[(n * c.s + l) * c.h * c.d + i];
-      }
-    }
-    const absl::Status status = recurrent.Step(
-        ctx, TensorView<const float>(query.data(), {c.n, c.h, c.e}),
-        TensorView<const float>(key.data(), {c.n, c.h, c.e}),
-        TensorView<const float>(value.data(), {c.n, c.h, c.d}),
-        TensorView<float>(out.data(), {c.n, c.h, c.d}), *state);
-    EXPECT_TRUE(status.ok()) << status;
-    EXPECT_EQ(state->steps(), l + 1);
-    for (int64_t n = 0; n < c.n; ++n) {
-      for (int64_t i = 0; i < c.h * c.d; ++i) {
-        result[(n * c.l + l) * c.h * c.d + i] = out[n * c.h * c.d + i];
-      }
-    }
-  }
-  return result;
 }
 
 TEST_F(FavorTest, RecurrentStepsEqualParallelCausalWithZeroKeyStabilizer) {

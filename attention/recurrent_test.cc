@@ -19,45 +19,7 @@ namespace {
 using ::ftx::testing::AllNear;
 using ::ftx::testing::AttentionCase;
 using ::ftx::testing::AttentionData;
-
-// Runs `attention` step by step over the L positions of `data`; returns [N, L,
-// H, D].
-std::vector<float> StepThrough(const Context& ctx,
-                               RecurrentAttention& attention,
-                               const AttentionData& data) {
-  const AttentionCase& c = data.shape();
-  const std::vector<double> q = AttentionData::Dense(data.queries());
-  const std::vector<double> k = AttentionData::Dense(data.keys());
-  const std::vector<double> v = AttentionData::Dense(data.values());
-  std::vector<float> result(c.n * c.l * c.h * c.d);
-  std::unique_ptr<RecurrentState> state = attention.NewState();
-  std::vector<float> query(c.n * c.h * c.e), key(c.n * c.h * c.e),
-      value(c.n * c.h * c.d), out(c.n * c.h * c.d);
-  for (int64_t l = 0; l < c.l; ++l) {
-    for (int64_t n = 0; n < c.n; ++n) {
-      for (int64_t i = 0; i < c.h * c.e; ++i) {
-        query[n * c.h * c.e + i] = q[(n * c.l + l) * c.h * c.e + i];
-        key[n * c.h * c.e + i] = k[(n * c.s + l) * c.h * c.e + i];
-      }
-      for (int64_t i = 0; i < c.h * c.d; ++i) {
-        value[n * c.h * c.d + i] = v[(n * c.s + l) * c.h * c.d + i];
-      }
-    }
-    const absl::Status status = attention.Step(
-        ctx, TensorView<const float>(query.data(), {c.n, c.h, c.e}),
-        TensorView<const float>(key.data(), {c.n, c.h, c.e}),
-        TensorView<const float>(value.data(), {c.n, c.h, c.d}),
-        TensorView<float>(out.data(), {c.n, c.h, c.d}), *state);
-    EXPECT_TRUE(status.ok()) << status;
-    EXPECT_EQ(state->steps(), l + 1);
-    for (int64_t n = 0; n < c.n; ++n) {
-      for (int64_t i = 0; i < c.h * c.d; ++i) {
-        result[(n * c.l + l) * c.h * c.d + i] = out[n * c.h * c.d + i];
-      }
-    }
-  }
-  return result;
-}
+using ::ftx::testing::StepThrough;
 
 class RecurrentTest : public ::testing::Test {
  protected:
