@@ -1,0 +1,255 @@
+// An x-transformers-style language model (SEMANTICS.md sections 6.1, 6.4, 6.6),
+// assembled from ftx's layers and any registered attention mechanism:
+//
+//   x = token_emb[tokens] + pos_emb[t] * dim^-0.5     (TransformerWrapper)
+//   for each sublayer i (types per depth: 'a', ['c',] 'f'):
+//     residual = x
+//     x = norm_i(x)                        pre-norm only
+//     out = block_i(x[, context])          self-attention, cross-attention or
+//                                          feed-forward
+//     out = g_i * out                      ReZero only (g_i initialised to 0)
+//     x = out + residual
+//     x = norm_i(x)                        post-norm, except the last sublayer
+//   x = LayerNorm(x)                       final norm (always a LayerNorm)
+//   logits = x W^T + b                     to_logits, or x itself with
+//                                          return_embeddings
+//
+// This is x-transformers 0.26.6's AttentionLayers / TransformerWrapper order of
+// operations: the post-norm stack skips the last sublayer's norm because the
+// wrapper's final LayerNorm follows; use_rezero replaces every sublayer norm by
+// the identity, as 0.26.6 does (so at initialisation every sublayer is the
+// identity). Encoder: causal = false; Decoder: causal = true (AttnMask::Causal
+// in every self-attention). Learned absolute positions are turned off when
+// rotary_pos_emb is set (x-transformers' has_pos_emb).
+//
+// Deliberate differences from x-transformers: the attention projections are
+// fast-transformers' AttentionLayer (attention/attention_layer.h) without
+// biases, as x-transformers' to_q / to_k / to_v / to_out; rotary turns Q and K
+// only (0.26.6 also turns V, a quirk removed in 1.20); the inner attention is
+// any registered mechanism built by name (attention/builder.h), and a
+// mechanism with a "causal" option gets the stack's causal flag unless the
+// options set it. Mechanisms that own trainable parameters keep them (and
+// their gradients) inside the mechanism, outside the ParamStore.
+//
+// Parameter names (hierarchical, regular; state_dict maps to the reference
+// libraries are separate):
+//   token_emb.weight [V, C]                         kaiming_normal (fan_in C)
+//   pos_emb.emb.weight [max_seq_len, C]              N(0, 1), when used
+//   attn_layers.layers.{i}.norm.{weight,bias|g}      per sublayer norm
+//   attn_layers.layers.{i}.rezero.g [1]              use_rezero
+//   attn_layers.layers.{i}.attn.query_projection.weight ... out_projection,
+//     memory_keys, memory_values                     'a' sublayers
+//   attn_layers.layers.{i}.cross_attn.*              'c' sublayers
+//   attn_layers.layers.{i}.ff.net.0.0.weight ...     'f' sublayers
+//   norm.weight, norm.bias [C]                       final LayerNorm
+//   to_logits.weight [V, C], to_logits.bias [V]      torch Linear init
+//
+// Gradient convention: Backward accumulates every parameter gradient into the
+// ParamStore (+=); the context gradient is written (=).
+//
+// Example:
+//   FTX_ASSIGN_OR_RETURN(auto model, TransformerWrapper::Create(config,
+//                                                               registry));
+//   FTX_ASSIGN_OR_RETURN(ParamStore store,
+//                        ParamStore::Create(model->ParamShapes()));
+//   FTX_RETURN_IF_ERROR(model->InitParams(ctx, store));
+//   FTX_RETURN_IF_ERROR(model->Forward(ctx, store, {.tokens = tokens},
+//                                      logits, /*save_for_backward=*/true));
+//   FTX_RETURN_IF_ERROR(model->Backward(ctx, store, d_logits));
+#ifndef FTX_MODELS_TRANSFORMER_H_
+#define FTX_MODELS_TRANSFORMER_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "attention/attention.h"
+#include "attention/attention_layer.h"
+#include "attention/mask.h"
+#include "attention/registry.h"
+#include "kernels/activation/activation.h"
+#include "kernels/base/context.h"
+#include "kernels/base/tensor.h"
+#include "kernels/base/tensor_view.h"
+#include "layers/feed_forward.h"
+#include "layers/layernorm.h"
+#include "models/param_store.h"
+
+namespace ftx {
+
+enum class NormType { kLayerNorm, kRMSNorm, kScaleNorm };
+
+struct TransformerConfig {
+  // AttentionLayers.
+  int64_t dim = 0;        // C
+  int64_t depth = 0;      // blocks of ('a', ['c',] 'f')
+  int64_t heads = 8;      // H
+  int64_t dim_head = 64;  // E = D per head
+  bool causal = false;    // Decoder (true) or Encoder (false)
+  bool cross_attend = false;
+  int64_t context_dim = 0;  // width of the cross-attention context; 0 = dim
+  // Inner attention of the self-attention sublayers: a registered name and
+  // builder options (attention/builder.h).
+  std::string attention = "full";
+  std::map<std::string, OptionValue> attention_options;
+  // Inner attention of the cross-attention sublayers (same options).
+  std::string cross_attention = "full";
+  NormType norm = NormType::kLayerNorm;
+  bool pre_norm = true;
+  bool use_rezero = false;
+  // FeedForward (ff_*).
+  double ff_mult = 4.0;
+  bool ff_glu = false;
+  Activation ff_activation = Activation::kGelu;
+  bool ff_swish = false;
+  bool ff_relu_squared = false;
+  // Attention (attn_*).
+  bool rotary_pos_emb = false;
+  int64_t rotary_emb_dim = 0;  // 0: x-transformers' max(dim_head / 2, 32)
+  int64_t attn_kv_heads = 0;   // 0: heads
+  int64_t attn_num_mem_kv = 0;
+  // TransformerWrapper.
+  int64_t num_tokens = 0;  // V
+  int64_t max_seq_len = 0;
+  bool use_abs_pos_emb = true;  // ignored (off) with rotary_pos_emb
+  bool final_norm = true;       // the wrapper's LayerNorm
+  uint64_t seed = 0;            // initialisation
+};
+
+// InvalidArgument naming the first bad field ("TransformerConfig.heads must be
+// >= 1, got 0"). `require_wrapper` also checks num_tokens and max_seq_len.
+absl::Status ValidateTransformerConfig(const TransformerConfig& config,
+                                       bool require_wrapper);
+
+// Reads a config from a JSON object whose keys are the TransformerConfig field
+// names (models/configs/*.json); "norm" is "layernorm", "rmsnorm" or
+// "scalenorm", "ff_activation" a kernels/activation name, and
+// "attention_options" an object of builder options (bool, integer, float or
+// string). Absent keys keep their defaults. InvalidArgument for malformed
+// JSON, unknown keys or wrongly typed values, naming the key; the result is
+// not validated (ValidateTransformerConfig does that).
+absl::StatusOr<TransformerConfig> TransformerConfigFromJson(
+    absl::string_view json);
+
+// Per-call inputs of the stack.
+struct StackInputs {
+  LengthMask lengths;  // [B] self-attention padding, or empty
+  // [B, S, context_dim] for cross_attend stacks; empty otherwise.
+  TensorView<const float> context;
+  LengthMask context_lengths;  // [B] or empty
+  bool training = false;       // dropout in attention and feed-forward
+  uint64_t seed = 0;           // dropout masks
+};
+
+// The block stack (x-transformers AttentionLayers). Parameter names are
+// relative ("layers.{i}...."); Bind resolves them in a ParamStore under a
+// prefix.
+class AttentionLayers {
+ public:
+  static absl::StatusOr<std::unique_ptr<AttentionLayers>> Create(
+      const TransformerConfig& config, const AttentionRegistry& registry);
+  ~AttentionLayers();
+
+  // 'a', 'c' or 'f' for every sublayer, in order.
+  const std::string& layer_types() const { return layer_types_; }
+  std::vector<ParamShape> ParamShapes() const;
+  // Initialises this stack's parameters in `store` (named prefix + relative
+  // name) from config.seed.
+  absl::Status InitParams(const Context& ctx, ParamStore& store,
+                          absl::string_view prefix) const;
+
+  // x, y: [B, T, C] (y may not alias x). save_for_backward keeps what
+  // Backward needs.
+  absl::Status Forward(const Context& ctx, ParamStore& store,
+                       absl::string_view prefix, TensorView<const float> x,
+                       const StackInputs& inputs, TensorView<float> y,
+                       bool save_for_backward);
+  // d_y, d_x: [B, T, C] (=); d_context: [B, S, context_dim] (=) or empty to
+  // skip; parameter gradients (+=). Needs a saving Forward just before,
+  // whose context view must still be alive.
+  absl::Status Backward(const Context& ctx, ParamStore& store,
+                        absl::string_view prefix, TensorView<const float> d_y,
+                        TensorView<float> d_x, TensorView<float> d_context);
+
+ private:
+  struct Sublayer;
+  AttentionLayers(const TransformerConfig& config, std::string layer_types);
+
+  TransformerConfig config_;
+  std::string layer_types_;
+  std::vector<std::unique_ptr<Sublayer>> sublayers_;
+  // Forward state: the input of every sublayer plus the output, [B, T, C]
+  // each; the inputs of the last call.
+  std::vector<Tensor> activations_;
+  StackInputs last_inputs_;
+  bool saved_ = false;
+  // Backward scratch, [B, T, C] each, and the context gradient of one
+  // cross-attention sublayer.
+  Tensor d_current_, d_sum_, d_branch_, d_hidden_, d_normed_;
+  Tensor d_context_scratch_;
+};
+
+// Per-call inputs of the wrapper.
+struct TransformerInputs {
+  TensorView<const int32_t> tokens;  // [B, T], each in [0, num_tokens)
+  LengthMask lengths;                // [B] or empty
+  TensorView<const float> context;   // cross_attend only
+  LengthMask context_lengths;
+  bool return_embeddings = false;  // output [B, T, C] instead of logits
+  bool training = false;
+  uint64_t seed = 0;
+};
+
+class TransformerWrapper {
+ public:
+  // InvalidArgument for a bad config (ValidateTransformerConfig) or attention
+  // options the builder rejects.
+  static absl::StatusOr<std::unique_ptr<TransformerWrapper>> Create(
+      const TransformerConfig& config, const AttentionRegistry& registry);
+
+  const TransformerConfig& config() const { return config_; }
+  bool uses_abs_pos_emb() const {
+    return config_.use_abs_pos_emb && !config_.rotary_pos_emb;
+  }
+  AttentionLayers& attn_layers() { return *layers_; }
+
+  std::vector<ParamShape> ParamShapes() const;
+  absl::Status InitParams(const Context& ctx, ParamStore& store) const;
+
+  // out: logits [B, T, V], or [B, T, C] with return_embeddings.
+  // InvalidArgument for T > max_seq_len, tokens out of range, or bad shapes.
+  absl::Status Forward(const Context& ctx, ParamStore& store,
+                       const TransformerInputs& inputs, TensorView<float> out,
+                       bool save_for_backward);
+  // d_out: the shape of Forward's out. Parameter gradients accumulate in the
+  // store (+=); d_context (=) or empty.
+  absl::Status Backward(const Context& ctx, ParamStore& store,
+                        TensorView<const float> d_out,
+                        TensorView<float> d_context = {});
+
+ private:
+  TransformerWrapper(const TransformerConfig& config,
+                     std::unique_ptr<AttentionLayers> layers)
+      : config_(config), layers_(std::move(layers)) {}
+
+  TransformerConfig config_;
+  std::unique_ptr<AttentionLayers> layers_;
+  // Forward state: tokens, embeddings (stack input), stack output, final norm
+  // output and its statistics.
+  std::vector<int32_t> tokens_;
+  int64_t batch_ = 0, length_ = 0;
+  bool return_embeddings_ = false;
+  bool saved_ = false;
+  Tensor embedded_, stack_out_, normed_;
+  LayerNormCache final_norm_cache_;
+  Tensor d_normed_, d_stack_out_, d_embedded_;
+};
+
+}  // namespace ftx
+
+#endif  // FTX_MODELS_TRANSFORMER_H_

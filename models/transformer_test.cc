@@ -1,0 +1,539 @@
+// TransformerWrapper / AttentionLayers: shapes and finiteness; every parameter
+// (and the cross-attention context) gradient against central differences of the
+// float forward for pre-norm, post-norm, RMSNorm, ScaleNorm, ReZero, GLU,
+// rotary, memory key/values, grouped kv heads, padding lengths, causal and
+// cross-attending stacks; exact causality of decoders; ReZero at
+// initialisation against a double reference of the layer-free model; every
+// listed mechanism inside the stack; config and input errors; the JSON
+// example configs in models/configs load, build and train one step.
+#include "models/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "attention/builtin.h"
+#include "gtest/gtest.h"
+#include "tests/util/random.h"
+#include "tests/util/tolerance.h"
+
+namespace ftx {
+namespace {
+
+using ::ftx::testing::AllNear;
+using ::ftx::testing::RandomUniformVector;
+
+TransformerConfig TinyConfig() {
+  TransformerConfig config;
+  config.dim = 8;
+  config.depth = 2;
+  config.heads = 2;
+  config.dim_head = 4;
+  config.num_tokens = 11;
+  config.max_seq_len = 7;
+  config.seed = 3;
+  // Deterministic forward for the checks: no attention dropout even if a test
+  // switches training on.
+  config.attention_options["attention_dropout"] = 0.0;
+  return config;
+}
+
+class TransformerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ctx_ = Context::Create({.num_threads = 1}).value();
+    ASSERT_TRUE(RegisterBuiltinAttentions(registry_).ok());
+  }
+
+  // Model and initialised parameters.
+  void Build(const TransformerConfig& config) {
+    auto model = TransformerWrapper::Create(config, registry_);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(model).value();
+    auto store = ParamStore::Create(model_->ParamShapes());
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::make_unique<ParamStore>(std::move(store).value());
+    ASSERT_TRUE(model_->InitParams(*ctx_, *store_).ok());
+  }
+
+  // Forward of `tokens` [B, T]; returns logits (or embeddings) flattened.
+  std::vector<float> Run(const std::vector<int32_t>& tokens, int64_t batch,
+                         TransformerInputs inputs = {},
+                         bool save_for_backward = false) {
+    const int64_t T = static_cast<int64_t>(tokens.size()) / batch;
+    const int64_t width = inputs.return_embeddings
+                              ? model_->config().dim
+                              : model_->config().num_tokens;
+    std::vector<float> out(batch * T * width);
+    inputs.tokens = TensorView<const int32_t>(tokens.data(), {batch, T});
+    const absl::Status status = model_->Forward(
+        *ctx_, *store_, inputs,
+        TensorView<float>(out.data(), {batch, T, width}), save_for_backward);
+    EXPECT_TRUE(status.ok()) << status;
+    return out;
+  }
+
+  // Compares the gradient of loss = sum(w * logits) with respect to every
+  // parameter entry (and context entry, when `context` is given) with central
+  // differences of the float forward (step h); returns the worst ratio
+  // |analytic - numeric| / (abs + rel * max(|analytic|, |numeric|)).
+  double CheckGradients(const std::vector<int32_t>& tokens, int64_t batch,
+                        TransformerInputs inputs,
+                        std::vector<float>* context = nullptr) {
+    const std::vector<float> logits = Run(tokens, batch, inputs);
+    const std::vector<double> w =
+        RandomUniformVector<double>(logits.size(), 77);
+    auto loss = [&]() {
+      const std::vector<float> out = Run(tokens, batch, inputs);
+      double sum = 0;
+      for (size_t i = 0; i < out.size(); ++i) sum += w[i] * out[i];
+      return sum;
+    };
+    store_->ZeroGrads();
+    Run(tokens, batch, inputs, /*save_for_backward=*/true);
+    const std::vector<float> d_logits(w.begin(), w.end());
+    std::vector<float> d_context(context ? context->size() : 0);
+    TensorView<float> d_context_view;
+    if (context) {
+      d_context_view =
+          TensorView<float>(d_context.data(), inputs.context.shape());
+    }
+    const absl::Status status = model_->Backward(
+        *ctx_, *store_,
+        TensorView<const float>(
+            d_logits.data(),
+            {batch, static_cast<int64_t>(tokens.size()) / batch,
+             model_->config().num_tokens}),
+        d_context_view);
+    EXPECT_TRUE(status.ok()) << status;
+
+    const double h = 1e-2, abs_tol = 2e-3, rel_tol = 2e-2;
+    double worst = 0;
+    std::string worst_name;
+    int64_t checked = 0;
+    auto check = [&](float* value, double analytic, const std::string& name) {
+      const float saved = *value;
+      *value = saved + static_cast<float>(h);
+      const double plus = loss();
+      *value = saved - static_cast<float>(h);
+      const double minus = loss();
+      *value = saved;
+      const double numeric = (plus - minus) / (2 * h);
+      const double ratio =
+          std::abs(analytic - numeric) /
+          (abs_tol + rel_tol * std::max(std::abs(analytic), std::abs(numeric)));
+      ++checked;
+      if (ratio > worst) {
+        worst = ratio;
+        worst_name = name + " analytic " + std::to_string(analytic) +
+                     " numeric " + std::to_string(numeric);
+      }
+    };
+    store_->ForEachParam([&](ParamSlot slot) {
+      for (int64_t i = 0; i < slot.value.NumElements(); ++i) {
+        check(slot.value.data() + i, slot.grad.data()[i],
+              slot.name + "[" + std::to_string(i) + "]");
+      }
+    });
+    if (context) {
+      for (size_t i = 0; i < context->size(); ++i) {
+        check(context->data() + i, d_context[i],
+              "context[" + std::to_string(i) + "]");
+      }
+    }
+    std::printf("checked %lld entries; worst ratio %.3f at %s\n",
+                static_cast<long long>(checked), worst, worst_name.c_str());
+    EXPECT_LT(worst, 1.0) << worst_name;
+    return worst;
+  }
+
+  std::unique_ptr<Context> ctx_;
+  AttentionRegistry registry_;
+  std::unique_ptr<TransformerWrapper> model_;
+  std::unique_ptr<ParamStore> store_;
+};
+
+const std::vector<int32_t> kTokens = {1, 4, 0, 10, 7, 3, 3, 9, 2, 5};  // [2, 5]
+
+TEST_F(TransformerTest, ForwardShapesAndFiniteness) {
+  Build(TinyConfig());
+  const std::vector<float> logits = Run(kTokens, 2);
+  ASSERT_EQ(logits.size(), 2u * 5 * 11);
+  for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+  TransformerInputs inputs;
+  inputs.return_embeddings = true;
+  const std::vector<float> embeddings = Run(kTokens, 2, inputs);
+  ASSERT_EQ(embeddings.size(), 2u * 5 * 8);
+  // The final LayerNorm (weight 1, bias 0 at init) normalises every row.
+  for (int64_t r = 0; r < 10; ++r) {
+    double mean = 0;
+    for (int64_t c = 0; c < 8; ++c) mean += embeddings[r * 8 + c] / 8.0;
+    EXPECT_NEAR(mean, 0.0, 1e-5);
+  }
+}
+
+TEST_F(TransformerTest, ParameterNamesAreHierarchical) {
+  TransformerConfig config = TinyConfig();
+  config.cross_attend = true;
+  Build(config);
+  EXPECT_EQ(model_->attn_layers().layer_types(), "acfacf");
+  for (const char* name :
+       {"token_emb.weight", "pos_emb.emb.weight",
+        "attn_layers.layers.0.norm.weight", "attn_layers.layers.0.norm.bias",
+        "attn_layers.layers.0.attn.query_projection.weight",
+        "attn_layers.layers.1.cross_attn.key_projection.weight",
+        "attn_layers.layers.2.ff.net.0.0.weight",
+        "attn_layers.layers.5.ff.net.3.bias", "norm.weight", "norm.bias",
+        "to_logits.weight", "to_logits.bias"}) {
+    EXPECT_TRUE(store_->Contains(name)) << name;
+  }
+  EXPECT_FALSE(
+      store_->Contains("attn_layers.layers.0.attn.query_projection.bias"));
+}
+
+TEST_F(TransformerTest, GradientsPreNormEncoderWithLengths) {
+  Build(TinyConfig());
+  TransformerInputs inputs;
+  inputs.lengths.lengths = {5, 3};
+  CheckGradients(kTokens, 2, inputs);
+}
+
+TEST_F(TransformerTest, GradientsPostNormDecoder) {
+  TransformerConfig config = TinyConfig();
+  config.pre_norm = false;
+  config.causal = true;
+  Build(config);
+  CheckGradients(kTokens, 2, {});
+}
+
+TEST_F(TransformerTest, GradientsRMSNormGluMemoryKvGroupedHeads) {
+  TransformerConfig config = TinyConfig();
+  config.norm = NormType::kRMSNorm;
+  config.ff_glu = true;
+  config.ff_mult = 2;
+  config.attn_num_mem_kv = 2;
+  config.attn_kv_heads = 1;
+  config.causal = true;
+  Build(config);
+  CheckGradients(kTokens, 2, {});
+}
+
+TEST_F(TransformerTest, GradientsScaleNormSwish) {
+  TransformerConfig config = TinyConfig();
+  config.norm = NormType::kScaleNorm;
+  config.ff_swish = true;
+  config.depth = 1;
+  Build(config);
+  CheckGradients(kTokens, 2, {});
+}
+
+TEST_F(TransformerTest, GradientsReZero) {
+  TransformerConfig config = TinyConfig();
+  config.use_rezero = true;
+  Build(config);
+  // At g = 0 the branch parameters get no gradient; move off the origin.
+  store_->ForEachParam([](ParamSlot slot) {
+    if (slot.name.find("rezero.g") != std::string::npos) {
+      slot.value.data()[0] = 0.7f;
+    }
+  });
+  CheckGradients(kTokens, 2, {});
+}
+
+TEST_F(TransformerTest, GradientsRotary) {
+  TransformerConfig config = TinyConfig();
+  config.heads = 1;
+  config.dim_head = 32;
+  config.depth = 1;
+  config.rotary_pos_emb = true;
+  config.causal = true;
+  Build(config);
+  EXPECT_FALSE(store_->Contains("pos_emb.emb.weight"));
+  CheckGradients(kTokens, 2, {});
+}
+
+TEST_F(TransformerTest, GradientsCrossAttendingDecoderIncludingContext) {
+  TransformerConfig config = TinyConfig();
+  config.cross_attend = true;
+  config.causal = true;
+  config.context_dim = 6;
+  config.depth = 1;
+  Build(config);
+  std::vector<float> context = RandomUniformVector<float>(2 * 3 * 6, 12);
+  TransformerInputs inputs;
+  inputs.context = TensorView<const float>(context.data(), {2, 3, 6});
+  inputs.context_lengths.lengths = {3, 2};
+  CheckGradients(kTokens, 2, inputs, &context);
+}
+
+// Position t of a decoder depends on tokens <= t only, bit for bit.
+TEST_F(TransformerTest, DecoderIsExactlyCausal) {
+  for (const char* mechanism : {"full", "causal-linear"}) {
+    SCOPED_TRACE(mechanism);
+    TransformerConfig config = TinyConfig();
+    config.causal = true;
+    config.attention = mechanism;
+    config.attention_options.clear();
+    if (std::string(mechanism) == "full") {
+      config.attention_options["attention_dropout"] = 0.0;
+    }
+    Build(config);
+    const int64_t T = 5, V = 11;
+    const std::vector<int32_t> base = {1, 4, 0, 10, 7};
+    const std::vector<float> reference = Run(base, 1);
+    for (int64_t t = 0; t + 1 < T; ++t) {
+      std::vector<int32_t> changed = base;
+      for (int64_t s = t + 1; s < T; ++s) changed[s] = (changed[s] + 3 + s) % V;
+      const std::vector<float> out = Run(changed, 1);
+      for (int64_t i = 0; i < (t + 1) * V; ++i) {
+        ASSERT_EQ(out[i], reference[i]) << "t=" << t << " i=" << i;
+      }
+      bool later_changed = false;
+      for (int64_t i = (t + 1) * V; i < T * V; ++i) {
+        later_changed |= out[i] != reference[i];
+      }
+      EXPECT_TRUE(later_changed) << "t=" << t;
+    }
+  }
+}
+
+// With ReZero's g = 0 every sublayer is the identity: the logits are those of
+// LayerNorm(token_emb + pos_emb * dim^-0.5) W^T + b, computed here in double.
+TEST_F(TransformerTest, ReZeroAtInitIsTheLayerFreeModel) {
+  for (bool pre_norm : {true, false}) {
+    TransformerConfig config = TinyConfig();
+    config.use_rezero = true;
+    config.pre_norm = pre_norm;
+    Build(config);
+    const std::vector<float> logits = Run(kTokens, 2);
+    const int64_t C = 8, V = 11, T = 5;
+    const float* token = store_->Value("token_emb.weight").value().data();
+    const float* pos = store_->Value("pos_emb.emb.weight").value().data();
+    const float* w = store_->Value("to_logits.weight").value().data();
+    const float* b = store_->Value("to_logits.bias").value().data();
+    std::vector<double> expected;
+    for (int64_t r = 0; r < 10; ++r) {
+      std::vector<double> x(C);
+      for (int64_t c = 0; c < C; ++c) {
+        x[c] =
+            token[kTokens[r] * C + c] + pos[(r % T) * C + c] / std::sqrt(8.0);
+      }
+      double mean = 0, var = 0;
+      for (double v : x) mean += v / C;
+      for (double v : x) var += (v - mean) * (v - mean) / C;
+      for (double& v : x) v = (v - mean) / std::sqrt(var + 1e-5);
+      for (int64_t o = 0; o < V; ++o) {
+        double sum = b[o];
+        for (int64_t c = 0; c < C; ++c) sum += w[o * C + c] * x[c];
+        expected.push_back(sum);
+      }
+    }
+    EXPECT_TRUE(AllNear(logits, expected, {.abs = 1e-5, .rel = 1e-5}))
+        << "pre_norm " << pre_norm;
+  }
+}
+
+TEST_F(TransformerTest, EveryListedMechanismRunsInsideTheStack) {
+  struct Case {
+    const char* name;
+    bool causal;
+  };
+  for (const Case& c :
+       {Case{"full", false}, Case{"linear", false}, Case{"favor", false},
+        Case{"local", false}, Case{"full", true}, Case{"causal-linear", true},
+        Case{"favor", true}}) {
+    SCOPED_TRACE(std::string(c.name) + (c.causal ? " decoder" : " encoder"));
+    TransformerConfig config = TinyConfig();
+    config.attention = c.name;
+    config.causal = c.causal;
+    config.attention_options.clear();
+    if (std::string(c.name) == "local") {
+      config.attention_options["local_context"] = int64_t{3};
+    }
+    Build(config);
+    store_->ZeroGrads();
+    TransformerInputs inputs;
+    inputs.training = true;
+    inputs.seed = 5;
+    const std::vector<float> logits = Run(kTokens, 2, inputs, true);
+    for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+    const std::vector<float> d_logits =
+        RandomUniformVector<float>(logits.size(), 4);
+    ASSERT_TRUE(
+        model_
+            ->Backward(*ctx_, *store_,
+                       TensorView<const float>(d_logits.data(), {2, 5, 11}))
+            .ok());
+    double grad_norm = 0;
+    store_->ForEachParam([&](ParamSlot slot) {
+      for (int64_t i = 0; i < slot.grad.NumElements(); ++i) {
+        ASSERT_TRUE(std::isfinite(slot.grad.data()[i])) << slot.name;
+        grad_norm += slot.grad.data()[i] * slot.grad.data()[i];
+      }
+    });
+    EXPECT_GT(grad_norm, 0.0);
+  }
+}
+
+TEST_F(TransformerTest, BadConfigsNameTheField) {
+  struct Case {
+    const char* field;
+    void (*mutate)(TransformerConfig&);
+  };
+  const Case cases[] = {
+      {"dim", [](TransformerConfig& c) { c.dim = 0; }},
+      {"depth", [](TransformerConfig& c) { c.depth = 0; }},
+      {"heads", [](TransformerConfig& c) { c.heads = 0; }},
+      {"dim_head", [](TransformerConfig& c) { c.dim_head = -1; }},
+      {"ff_mult", [](TransformerConfig& c) { c.ff_mult = 0; }},
+      {"attn_kv_heads", [](TransformerConfig& c) { c.attn_kv_heads = 3; }},
+      {"attn_num_mem_kv", [](TransformerConfig& c) { c.attn_num_mem_kv = -2; }},
+      {"rotary_emb_dim", [](TransformerConfig& c) { c.rotary_emb_dim = 3; }},
+      {"dim_head", [](TransformerConfig& c) { c.rotary_pos_emb = true; }},
+      {"num_tokens", [](TransformerConfig& c) { c.num_tokens = 0; }},
+      {"max_seq_len", [](TransformerConfig& c) { c.max_seq_len = 0; }},
+      {"norm", [](TransformerConfig& c) { c.norm = static_cast<NormType>(7); }},
+      {"attention", [](TransformerConfig& c) { c.attention = ""; }},
+  };
+  for (const Case& c : cases) {
+    TransformerConfig config = TinyConfig();
+    c.mutate(config);
+    auto model = TransformerWrapper::Create(config, registry_);
+    ASSERT_FALSE(model.ok()) << c.field;
+    EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(std::string(model.status().message())
+                  .find(std::string("TransformerConfig.") + c.field),
+              std::string::npos)
+        << model.status();
+  }
+  TransformerConfig config = TinyConfig();
+  config.attention = "no-such-attention";
+  EXPECT_EQ(TransformerWrapper::Create(config, registry_).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  config = TinyConfig();
+  config.attention_options["no_such_option"] = 1.0;
+  EXPECT_EQ(TransformerWrapper::Create(config, registry_).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(TransformerTest, BadInputsAreInvalidArgument) {
+  Build(TinyConfig());
+  std::vector<float> out(1 * 8 * 11);
+  const std::vector<int32_t> too_long(8, 1);
+  TransformerInputs inputs;
+  inputs.tokens = TensorView<const int32_t>(too_long.data(), {1, 8});
+  absl::Status status = model_->Forward(
+      *ctx_, *store_, inputs, TensorView<float>(out.data(), {1, 8, 11}), false);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(status.message()).find("max_seq_len"),
+            std::string::npos);
+
+  const std::vector<int32_t> bad_token = {1, 11, 2};
+  inputs.tokens = TensorView<const int32_t>(bad_token.data(), {1, 3});
+  status = model_->Forward(*ctx_, *store_, inputs,
+                           TensorView<float>(out.data(), {1, 3, 11}), false);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(status.message()).find("num_tokens"),
+            std::string::npos);
+
+  const std::vector<int32_t> good = {1, 2, 3};
+  inputs.tokens = TensorView<const int32_t>(good.data(), {1, 3});
+  status = model_->Forward(*ctx_, *store_, inputs,
+                           TensorView<float>(out.data(), {1, 3, 10}), false);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+
+  std::vector<float> context(3 * 8);
+  inputs.context = TensorView<const float>(context.data(), {1, 3, 8});
+  status = model_->Forward(*ctx_, *store_, inputs,
+                           TensorView<float>(out.data(), {1, 3, 11}), false);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+
+  EXPECT_EQ(model_
+                ->Backward(*ctx_, *store_,
+                           TensorView<const float>(out.data(), {1, 3, 11}))
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(TransformerTest, JsonConfigsLoadBuildAndRun) {
+  for (const char* file : {"models/configs/tiny_decoder.json",
+                           "models/configs/linear_encoder_rotary.json",
+                           "models/configs/favor_decoder_rezero.json"}) {
+    SCOPED_TRACE(file);
+    std::ifstream stream(file);
+    ASSERT_TRUE(stream.good());
+    std::stringstream text;
+    text << stream.rdbuf();
+    auto config = TransformerConfigFromJson(text.str());
+    ASSERT_TRUE(config.ok()) << config.status();
+    Build(*config);
+    const int64_t V = config->num_tokens;
+    std::vector<int32_t> tokens(2 * 6);
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      tokens[i] = static_cast<int32_t>((i * 37) % V);
+    }
+    store_->ZeroGrads();
+    const std::vector<float> logits = Run(tokens, 2, {}, true);
+    for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+    const std::vector<float> d_logits =
+        RandomUniformVector<float>(logits.size(), 9);
+    ASSERT_TRUE(
+        model_
+            ->Backward(*ctx_, *store_,
+                       TensorView<const float>(d_logits.data(), {2, 6, V}))
+            .ok());
+  }
+}
+
+TEST_F(TransformerTest, JsonConfigFieldsAndErrors) {
+  auto config = TransformerConfigFromJson(R"({
+      "dim": 16, "depth": 3, "norm": "scalenorm", "pre_norm": false,
+      "ff_mult": 2.5, "ff_activation": "relu", "attention": "local",
+      "attention_options": {"local_context": 5, "softmax_temp": 0.5,
+                            "feature_map": "relu", "stabilize": true},
+      "seed": 12})");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->dim, 16);
+  EXPECT_EQ(config->depth, 3);
+  EXPECT_EQ(config->norm, NormType::kScaleNorm);
+  EXPECT_FALSE(config->pre_norm);
+  EXPECT_EQ(config->ff_mult, 2.5);
+  EXPECT_EQ(config->ff_activation, Activation::kRelu);
+  EXPECT_EQ(config->attention, "local");
+  EXPECT_EQ(std::get<int64_t>(config->attention_options.at("local_context")),
+            5);
+  EXPECT_EQ(std::get<double>(config->attention_options.at("softmax_temp")),
+            0.5);
+  EXPECT_EQ(std::get<std::string>(config->attention_options.at("feature_map")),
+            "relu");
+  EXPECT_TRUE(std::get<bool>(config->attention_options.at("stabilize")));
+  EXPECT_EQ(config->seed, 12u);
+  EXPECT_EQ(config->heads, 8);  // default kept
+
+  for (const auto& [json, expected] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"[1, 2]", "JSON object"},
+           {"{\"dim\": ", "JSON object"},
+           {R"({"dimm": 3})", "dimm"},
+           {R"({"dim": 2.5})", "dim"},
+           {R"({"causal": 1})", "causal"},
+           {R"({"norm": "batchnorm"})", "norm"},
+           {R"({"ff_activation": "nope"})", "ff_activation"},
+           {R"({"attention_options": {"x": [1]}})", "attention_options.x"},
+       }) {
+    auto bad = TransformerConfigFromJson(json);
+    ASSERT_FALSE(bad.ok()) << json;
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(std::string(bad.status().message()).find(expected),
+              std::string::npos)
+        << bad.status();
+  }
+}
+
+}  // namespace
+}  // namespace ftx
