@@ -14,11 +14,6 @@
 namespace ftx {
 namespace {
 
-// A default-constructed or empty view means "no mask".
-bool IsAbsent(const TensorView<const float>& view) {
-  return view.empty() || (view.rank() == 0 && view.data() == nullptr);
-}
-
 absl::Status CheckMask(const Context& ctx, const MatrixView<const float>& rows,
                        const TensorView<const float>& mask) {
   if (IsAbsent(mask)) return absl::OkStatus();

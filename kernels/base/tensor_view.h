@@ -138,6 +138,13 @@ class TensorView {
   Device device_;
 };
 
+// True for an optional argument that was left out: a default-constructed view
+// (rank 0, null data) or one with no elements.
+template <typename T>
+bool IsAbsent(const TensorView<T>& view) {
+  return view.empty() || (view.rank() == 0 && view.data() == nullptr);
+}
+
 // A view as rows of its last axis: rows = product of the leading dimensions,
 // all rows `row_stride` apart. Only possible when the leading axes collapse to
 // one stride.

@@ -15,12 +15,6 @@
 namespace ftx {
 namespace {
 
-// A default-constructed (rank 0, null data) or zero-element view means "no
-// probabilities".
-bool IsAbsent(const TensorView<float>& view) {
-  return view.empty() || (view.rank() == 0 && view.data() == nullptr);
-}
-
 // A usable view of `count` contiguous elements, one per `what`.
 template <typename T>
 absl::Status CheckFlat(absl::string_view op, absl::string_view name,

@@ -16,13 +16,6 @@
 namespace ftx {
 namespace {
 
-// A default-constructed (rank 0, null data) or zero-element view means "not
-// given".
-template <typename T>
-bool IsAbsent(const TensorView<T>& view) {
-  return view.empty() || (view.rank() == 0 && view.data() == nullptr);
-}
-
 // The data of an optional vector argument of `count` contiguous elements (one
 // per `per`), or null when it is absent.
 template <typename T>

@@ -15,12 +15,6 @@
 namespace ftx {
 namespace {
 
-// A default-constructed (rank 0, null data) or zero-element view means "no
-// mask".
-bool IsAbsent(const TensorView<const float>& view) {
-  return view.empty() || (view.rank() == 0 && view.data() == nullptr);
-}
-
 absl::Status CheckScale(absl::string_view op, float scale) {
   if (!std::isfinite(scale)) {
     return absl::InvalidArgumentError(
