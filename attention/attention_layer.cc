@@ -182,6 +182,11 @@ AttentionInputs AttentionLayer::InnerInputs(const AttentionLayerCache& cache,
   for (int64_t& length : inputs.key_lengths.lengths) length += M;
   inputs.training = masks.training;
   inputs.seed = masks.seed;
+  if (IsGiven(masks.head_bias)) {
+    inputs.head_bias =
+        M == 0 ? masks.head_bias
+               : TensorView<const float>(padded_bias_.view<float>());
+  }
   switch (masks.attn_mask.kind()) {
     case AttnMask::Kind::kAll:
       inputs.attn_mask = AttnMask::All();
@@ -284,6 +289,23 @@ absl::Status AttentionLayer::Forward(const Context& ctx,
       }
     }
   }
+  if (IsGiven(masks.head_bias) && M > 0) {
+    if (masks.head_bias.shape() != Shape{H, L, S}) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "AttentionLayer: head_bias must be [H, L, S] = [", H, ", ", L, ", ",
+          S, "], got ", masks.head_bias.shape().ToString()));
+    }
+    FTX_RETURN_IF_ERROR(
+        EnsureTensor(padded_bias_, {H, L, M + S}, Device::Cpu()));
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t l = 0; l < L; ++l) {
+        float* row = &padded_bias_.view<float>().at(h, l, 0);
+        std::fill(row, row + M, 0.0f);
+        for (int64_t s = 0; s < S; ++s)
+          row[M + s] = masks.head_bias.at(h, l, s);
+      }
+    }
+  }
   const AttentionInputs inputs = InnerInputs(saved, masks, N, L, S);
   TensorView<float> attended = saved.saved[kAttended].view<float>();
   FTX_RETURN_IF_ERROR(inner_->Forward(
@@ -337,12 +359,33 @@ absl::Status AttentionLayer::Backward(
       ctx, MergeHeads(cache.saved[kAttended].view<float>()), params.out_weight,
       d_out, MergeHeads(d_attended), grads.out_weight, grads.out_bias));
   const AttentionInputs inputs = InnerInputs(cache, masks, N, L, S);
-  const AttentionGrads inner_grads{
+  AttentionGrads inner_grads{
       d_queries,
       expanded ? grad_scratch_[kExpandedKeysGrad].view<float>() : d_keys,
       expanded ? grad_scratch_[kExpandedValuesGrad].view<float>() : d_values};
+  const bool bias_grad = IsGiven(masks.head_bias) && IsGiven(grads.head_bias);
+  if (bias_grad) {
+    if (M == 0) {
+      inner_grads.d_head_bias = grads.head_bias;
+    } else {
+      FTX_RETURN_IF_ERROR(
+          EnsureTensor(padded_bias_grad_, {H, L, M + S}, Device::Cpu()));
+      inner_grads.d_head_bias = padded_bias_grad_.view<float>();
+    }
+  }
   FTX_RETURN_IF_ERROR(
       inner_->Backward(ctx, inputs, cache.inner, d_attended, inner_grads));
+  if (bias_grad && M > 0) {
+    // The memory columns carry no bias: add only the key columns.
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t l = 0; l < L; ++l) {
+        float* row = &padded_bias_grad_.view<float>().at(h, l, 0);
+        for (int64_t s = 0; s < S; ++s)
+          grads.head_bias.at(h, l, s) += row[M + s];
+        std::fill(row, row + M + S, 0.0f);
+      }
+    }
+  }
   if (expanded) {
     CollapseHeads(ctx, inner_grads.d_keys, d_keys, grads.memory_keys);
     CollapseHeads(ctx, inner_grads.d_values, d_values, grads.memory_values);

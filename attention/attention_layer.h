@@ -57,6 +57,9 @@ struct AttentionLayerGrads {
   TensorView<float> value_weight, value_bias;
   TensorView<float> out_weight, out_bias;
   TensorView<float> memory_keys, memory_values;
+  // [H, L, S], accumulated (+=) when the masks carry a head_bias; may stay
+  // empty.
+  TensorView<float> head_bias;
 };
 
 // Masks and mode of one call (see AttentionInputs).
@@ -66,6 +69,10 @@ struct AttentionLayerMasks {
   LengthMask key_lengths;
   bool training = false;
   uint64_t seed = 0;
+  // Optional per-head additive score bias [H, L, S] (T5 relative bias, ALiBi,
+  // dynamic position bias) for mechanisms whose SupportsHeadBias() is true.
+  // With persistent memory kv the memory columns get no bias.
+  TensorView<const float> head_bias;
 };
 
 struct AttentionLayerCache {
@@ -124,6 +131,8 @@ class AttentionLayer {
   AttentionLayerCache scratch_;
   std::vector<Tensor> grad_scratch_;
   Tensor padded_mask_;
+  Tensor padded_bias_;  // [H, L, M + S] when memory kv and a head bias meet
+  Tensor padded_bias_grad_;  // its gradient
 };
 
 }  // namespace ftx

@@ -5,6 +5,7 @@
 #include "attention/attention_layer.h"
 
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -26,6 +27,7 @@ struct LayerCase {
   int64_t n, l, s, c, h, e, d, kv_heads, memory;
   bool bias, self_attention, causal;
   int64_t rotary_dim = 0;  // > 0: half-split rotary on Q and K
+  bool head_bias = false;  // the same [L, S] score bias for every head
 };
 
 // Half-split rotary (RoFormer) of x [N, T, heads, E] over the first `dim`
@@ -74,7 +76,8 @@ std::vector<double> Project(const std::vector<double>& x, int64_t rows,
 std::vector<double> ReferenceLayer(const LayerCase& t, const FlatParams& p,
                                    const std::vector<double>& x,
                                    const std::vector<double>& context,
-                                   const std::vector<int64_t>& key_lengths) {
+                                   const std::vector<int64_t>& key_lengths,
+                                   const std::vector<double>& bias = {}) {
   const std::vector<double>& source = t.self_attention ? x : context;
   const int64_t S = t.self_attention ? t.l : t.s, M = t.memory;
   auto q = Project(x, t.n * t.l, t.c, p.Get("query_projection.weight"),
@@ -113,8 +116,9 @@ std::vector<double> ReferenceLayer(const LayerCase& t, const FlatParams& p,
   reference::FullAttention<double>(
       {t.n, t.l, M + S, t.h, t.e, t.d}, q.data(), k_full.data(), v_full.data(),
       1.0 / std::sqrt(double(t.e)),
-      [causal, M](int64_t l, int64_t s) {
-        return causal && s > l + M ? -INFINITY : 0.0;
+      [&](int64_t l, int64_t s) {
+        if (causal && s > l + M) return -std::numeric_limits<double>::infinity();
+        return bias.empty() || s < M ? 0.0 : bias[l * S + s - M];
       },
       lengths, attended.data());
   return Project(attended, t.n * t.l, t.h * t.d, p.Get("out_projection.weight"),
@@ -173,16 +177,16 @@ TEST_P(AttentionLayerTest, ForwardAndGradientsMatchReference) {
       view(params, "out_projection.bias"),
       view(params, "memory_keys"),
       view(params, "memory_values")};
-  const AttentionLayerGrads layer_grads{view(grads, "query_projection.weight"),
-                                        view(grads, "query_projection.bias"),
-                                        view(grads, "key_projection.weight"),
-                                        view(grads, "key_projection.bias"),
-                                        view(grads, "value_projection.weight"),
-                                        view(grads, "value_projection.bias"),
-                                        view(grads, "out_projection.weight"),
-                                        view(grads, "out_projection.bias"),
-                                        view(grads, "memory_keys"),
-                                        view(grads, "memory_values")};
+  AttentionLayerGrads layer_grads{view(grads, "query_projection.weight"),
+                                  view(grads, "query_projection.bias"),
+                                  view(grads, "key_projection.weight"),
+                                  view(grads, "key_projection.bias"),
+                                  view(grads, "value_projection.weight"),
+                                  view(grads, "value_projection.bias"),
+                                  view(grads, "out_projection.weight"),
+                                  view(grads, "out_projection.bias"),
+                                  view(grads, "memory_keys"),
+                                  view(grads, "memory_values")};
 
   const int64_t S = t.self_attention ? t.l : t.s;
   const std::vector<float> x = RandomUniformVector(t.n * t.l * t.c, 8);
@@ -193,6 +197,18 @@ TEST_P(AttentionLayerTest, ForwardAndGradientsMatchReference) {
   if (t.causal) masks.attn_mask = AttnMask::Causal();
   masks.key_lengths.lengths.assign(t.n, S);
   masks.key_lengths.lengths.back() = S - 1;
+  // A head bias shared by all heads equals an additive [L, S] mask in the
+  // reference.
+  const std::vector<double> bias =
+      t.head_bias ? RandomUniformVector<double>(t.l * S, 11)
+                  : std::vector<double>();
+  std::vector<float> head_bias, d_head_bias(t.h * t.l * S, 0.0f);
+  for (int64_t h = 0; h < t.h && t.head_bias; ++h) {
+    head_bias.insert(head_bias.end(), bias.begin(), bias.end());
+  }
+  if (t.head_bias) {
+    masks.head_bias = TensorView<const float>(head_bias.data(), {t.h, t.l, S});
+  }
   const TensorView<const float> x_view(x.data(), {t.n, t.l, t.c});
   const TensorView<const float> context_view =
       t.self_attention ? TensorView<const float>()
@@ -206,10 +222,14 @@ TEST_P(AttentionLayerTest, ForwardAndGradientsMatchReference) {
                   .ok());
   const std::vector<double> xd(x.begin(), x.end()),
       cd(context.begin(), context.end());
-  EXPECT_TRUE(
-      AllNear(out, ReferenceLayer(t, flat, xd, cd, masks.key_lengths.lengths),
-              {1e-5, 1e-4}));
+  EXPECT_TRUE(AllNear(
+      out, ReferenceLayer(t, flat, xd, cd, masks.key_lengths.lengths, bias),
+      {1e-5, 1e-4}));
 
+  if (t.head_bias) {
+    layer_grads.head_bias =
+        TensorView<float>(d_head_bias.data(), {t.h, t.l, S});
+  }
   const std::vector<float> d_out = RandomUniformVector(out.size(), 10);
   std::vector<float> d_x(x.size()), d_context(context.size());
   const absl::Status status = (*layer)->Backward(
@@ -225,7 +245,7 @@ TEST_P(AttentionLayerTest, ForwardAndGradientsMatchReference) {
   EXPECT_TRUE(testing::GradientMatches(
       [&](const std::vector<double>& v) {
         return testing::Dot(
-            w, ReferenceLayer(t, flat, v, cd, masks.key_lengths.lengths));
+            w, ReferenceLayer(t, flat, v, cd, masks.key_lengths.lengths, bias));
       },
       xd, testing::Cast<double>(d_x), tolerance))
       << "d_x";
@@ -233,7 +253,8 @@ TEST_P(AttentionLayerTest, ForwardAndGradientsMatchReference) {
     EXPECT_TRUE(testing::GradientMatches(
         [&](const std::vector<double>& v) {
           return testing::Dot(
-              w, ReferenceLayer(t, flat, xd, v, masks.key_lengths.lengths));
+              w,
+              ReferenceLayer(t, flat, xd, v, masks.key_lengths.lengths, bias));
         },
         cd, testing::Cast<double>(d_context), tolerance))
         << "d_context";
@@ -244,11 +265,26 @@ TEST_P(AttentionLayerTest, ForwardAndGradientsMatchReference) {
       [&](const std::vector<double>& v) {
         FlatParams perturbed = flat;
         perturbed.values = v;
-        return testing::Dot(
-            w, ReferenceLayer(t, perturbed, xd, cd, masks.key_lengths.lengths));
+        return testing::Dot(w, ReferenceLayer(t, perturbed, xd, cd,
+                                              masks.key_lengths.lengths, bias));
       },
       flat.values, param_grads, tolerance))
       << "parameter gradients";
+  if (t.head_bias) {
+    const int64_t S_len = t.self_attention ? t.l : t.s;
+    std::vector<double> d_bias(t.l * S_len, 0.0);
+    for (int64_t h = 0; h < t.h; ++h) {
+      for (int64_t i = 0; i < t.l * S_len; ++i)
+        d_bias[i] += d_head_bias[h * t.l * S_len + i];
+    }
+    EXPECT_TRUE(testing::GradientMatches(
+        [&](const std::vector<double>& v) {
+          return testing::Dot(
+              w, ReferenceLayer(t, flat, xd, cd, masks.key_lengths.lengths, v));
+        },
+        bias, d_bias, tolerance))
+        << "head bias gradient";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -268,7 +304,11 @@ INSTANTIATE_TEST_SUITE_P(
         LayerCase{2, 5, 5, 8, 2, 4, 3, 2, 0, true, true, true,
                   4},  // rotary, causal
         LayerCase{1, 4, 4, 8, 4, 4, 2, 2, 2, false, true, false,
-                  2}));  // partial rotary + grouped kv + memory kv
+                  2},  // partial rotary + grouped kv + memory kv
+        LayerCase{2, 4, 4, 6, 2, 3, 3, 2, 0, true, true, true, 0,
+                  true},  // head bias, causal
+        LayerCase{2, 3, 5, 6, 2, 3, 2, 1, 2, false, false, false, 0,
+                  true}));  // head bias + memory kv + multi-query, cross
 
 TEST(AttentionLayerConfigTest, BadConfigurationsAreErrors) {
   EXPECT_EQ(AttentionLayer::Create({.d_model = 6, .n_heads = 4},

@@ -54,6 +54,11 @@ absl::StatusOr<Attention*> ConditionalFullAttention::Branch(
                      inputs.queries.shape().ToString(), " and ",
                      inputs.keys.shape().ToString()));
   }
+  if (IsGiven(inputs.head_bias) && !SupportsHeadBias()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": the wrapped \"", other_->name(),
+        "\" does not support a head_bias, so neither branch takes one"));
+  }
   if (UsesOther(inputs.queries.dim(1), inputs.keys.dim(1))) return other_.get();
   return &full_;
 }

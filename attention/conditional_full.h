@@ -43,6 +43,9 @@ class ConditionalFullAttention : public Attention {
       const ConditionalFullAttentionOptions& options);
 
   const char* name() const override { return "conditional-full"; }
+  // A head bias is accepted only when both branches take one (full always
+  // does).
+  bool SupportsHeadBias() const override { return other_->SupportsHeadBias(); }
   const ConditionalFullAttentionOptions& options() const { return options_; }
   Attention& other() { return *other_; }
 

@@ -208,6 +208,35 @@ TEST_F(ConditionalFullAttentionTest,
   EXPECT_GT(grad_norm(), 0.0);
 }
 
+TEST_F(ConditionalFullAttentionTest, HeadBiasNeedsBothBranchesToTakeIt) {
+  const AttentionCase c{1, 3, 3, 2, 4, 4};
+  const AttentionData data(c, 37);
+  std::vector<float> bias(c.h * c.l * c.s, 0.25f), out(data.OutSize());
+  AttentionInputs inputs = data.Inputs();
+  inputs.head_bias = TensorView<const float>(bias.data(), {c.h, c.l, c.s});
+  // exact-topk takes no head bias: even the short (full) branch refuses it.
+  auto without = Make(std::make_unique<ExactTopKAttention>(kTopK),
+                      {.length_limit = kLimit});
+  EXPECT_FALSE(without->SupportsHeadBias());
+  const absl::Status status = without->Forward(
+      *ctx_, inputs, TensorView<float>(out.data(), data.OutShape()), nullptr);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("head_bias"), std::string::npos) << status;
+  // With full on both sides the bias is used: a constant bias changes nothing.
+  auto with = Make(std::make_unique<FullAttention>(), {.length_limit = kLimit});
+  EXPECT_TRUE(with->SupportsHeadBias());
+  std::vector<float> plain(data.OutSize());
+  ASSERT_TRUE(with->Forward(*ctx_, inputs,
+                            TensorView<float>(out.data(), data.OutShape()),
+                            nullptr)
+                  .ok());
+  ASSERT_TRUE(with->Forward(*ctx_, data.Inputs(),
+                            TensorView<float>(plain.data(), data.OutShape()),
+                            nullptr)
+                  .ok());
+  EXPECT_TRUE(AllNear(out, plain, {1e-6, 1e-5}));
+}
+
 TEST_F(ConditionalFullAttentionTest, SpecIsADecorator) {
   const AttentionSpec spec = ConditionalFullAttentionSpec();
   EXPECT_EQ(spec.name, "conditional-full");
