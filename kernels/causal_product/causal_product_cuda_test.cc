@@ -77,7 +77,7 @@ class DeviceSequences {
   Tensor device_;
 };
 
-std::vector<double> ToDouble(const std::vector<float>& values) {
+std::vector<double> AsDouble(const std::vector<float>& values) {
   return testing::Cast<double>(values);
 }
 
@@ -114,10 +114,10 @@ TEST(CausalProductCudaTest, ForwardAndBackwardMatchReference) {
     ASSERT_TRUE(ctx->Synchronize().ok());
 
     const reference::CausalProductShape shape{c.n, c.l, c.h, c.e, c.d};
-    const std::vector<double> q_host = ToDouble(q.initial()),
-                              k_host = ToDouble(k.initial()),
-                              v_host = ToDouble(v.initial()),
-                              g_host = ToDouble(g.initial());
+    const std::vector<double> q_host = AsDouble(q.initial()),
+                              k_host = AsDouble(k.initial()),
+                              v_host = AsDouble(v.initial()),
+                              g_host = AsDouble(g.initial());
     std::vector<double> expected(c.n * c.l * c.h * c.d),
         expected_dq(c.n * c.l * c.h * c.e), expected_dk(expected_dq.size()),
         expected_dv(expected.size());
