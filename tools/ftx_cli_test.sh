@@ -43,5 +43,45 @@ grep -q "cannot open .*absent.safetensors: No such file" "$TEST_TMPDIR/err" ||
   fail "inspect of a missing file: $(cat "$TEST_TMPDIR/err")"
 "$ftx" help | grep -q "inspect FILE" || fail "help does not mention inspect"
 
+# ftx train: a few steps of the default copy-task run, the byte task, a JSON
+# config, and bad arguments.
+train=$("$ftx" train --steps 4 --seed 3 --out "$TEST_TMPDIR/train_out") ||
+  fail "ftx train exited non-zero"
+grep -q "^training causal-linear decoder" <<<"$train" || fail "train header: $train"
+grep -qE "^step 4/4  loss [0-9.]+  lr .* tokens/s  ETA " <<<"$train" || fail "train progress: $train"
+grep -qE "^final exact-copy accuracy: [0-9.]+ % of [0-9]+ sequences$" <<<"$train" ||
+  fail "train final accuracy: $train"
+[[ -s "$TEST_TMPDIR/train_out/model.safetensors" ]] || fail "train wrote no model.safetensors"
+grep -q '"step": 4' "$TEST_TMPDIR/train_out/checkpoint.json" || fail "train checkpoint.json"
+"$ftx" inspect "$TEST_TMPDIR/train_out/model.safetensors" | grep -q "token_emb.weight" ||
+  fail "the trained model.safetensors does not list token_emb.weight"
+
+for i in $(seq 40); do printf 'hello ftx, byte by byte. '; done >"$TEST_TMPDIR/text.txt"
+cat >"$TEST_TMPDIR/tiny.json" <<'JSON'
+{"dim": 16, "depth": 1, "heads": 2, "dim_head": 8, "causal": true, "attention": "causal-linear"}
+JSON
+train=$("$ftx" train --steps 2 --data "$TEST_TMPDIR/text.txt" --config "$TEST_TMPDIR/tiny.json") ||
+  fail "ftx train --data --config exited non-zero"
+grep -q "on bytes of .*text.txt" <<<"$train" || fail "train --data header: $train"
+grep -qE "^final held-out loss: [0-9.]+" <<<"$train" || fail "train --data final loss: $train"
+"$ftx" train --steps 2 --attention full --config "$TEST_TMPDIR/tiny.json" >/dev/null ||
+  fail "ftx train --attention full exited non-zero"
+
+expect_train_error() {  # message, arguments...
+  local message=$1
+  shift
+  "$ftx" train "$@" >/dev/null 2>"$TEST_TMPDIR/err"
+  [[ $? -eq 2 ]] || fail "ftx train $* did not exit 2"
+  grep -q -- "$message" "$TEST_TMPDIR/err" || fail "ftx train $*: $(cat "$TEST_TMPDIR/err")"
+}
+expect_train_error 'cannot open "[^"]*absent.txt"' --data "$TEST_TMPDIR/absent.txt"
+expect_train_error 'cannot open config' --config "$TEST_TMPDIR/absent.json"
+expect_train_error '--steps expects an integer >= 1, got "abc"' --steps abc
+expect_train_error '--steps expects an integer >= 1, got "0"' --steps 0
+expect_train_error 'unknown argument "--bogus"' --bogus 1
+expect_train_error '--seed needs a value' --seed
+expect_train_error 'no-such-mechanism' --attention no-such-mechanism --steps 1
+"$ftx" help | grep -q "train \[flags\]" || fail "help does not mention train"
+
 [[ $failures -eq 0 ]] && echo "ftx CLI: all checks passed"
 exit $failures

@@ -3,19 +3,30 @@
 //   ftx attention list      every registered attention mechanism with its options
 //   ftx inspect FILE        tensors (name, dtype, shape, bytes) and metadata of a
 //                           safetensors file, sorted by name, with the parameter count
+//   ftx train [flags]       trains a small causal-linear decoder on the copy task (or a
+//                           byte-level LM on --data FILE), printing progress and the
+//                           final evaluation
 //
 // Errors go to stderr with a non-zero exit status; nothing here aborts on user input.
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "attention/builtin.h"
 #include "attention/registry.h"
+#include "kernels/base/context.h"
 #include "models/safetensors.h"
+#include "models/trainer.h"
+#include "models/transformer.h"
 
 namespace ftx {
 namespace {
@@ -26,6 +37,14 @@ constexpr char kUsage[] =
     "commands:\n"
     "  attention list    list every attention mechanism with its options and defaults\n"
     "  inspect FILE      list the tensors and metadata of a safetensors file\n"
+    "  train [flags]     train a causal-linear decoder on the copy task (default) or a\n"
+    "                    byte-level language model; flags:\n"
+    "                      --steps N          optimizer steps\n"
+    "                      --attention NAME   attention mechanism ('ftx attention list')\n"
+    "                      --data FILE        byte-level LM on FILE instead of the copy task\n"
+    "                      --out DIR          write model.safetensors + checkpoint.json\n"
+    "                      --config FILE      JSON TransformerConfig (models/configs/)\n"
+    "                      --seed N           data, dropout and initialisation seed\n"
     "  help              show this message\n";
 
 absl::Status AttentionList() {
@@ -94,6 +113,168 @@ absl::Status Inspect(const std::string& path) {
   return absl::OkStatus();
 }
 
+// The default run of 'ftx train': a small causal linear-attention decoder on
+// the copy task (10 symbols, 32 of them copied, so T = 64). On a 2-core x86
+// machine it reaches 100 % exact-copy accuracy on the 512 evaluation
+// sequences in about a minute.
+TrainConfig DefaultTrainConfig() {
+  TrainConfig config;
+  config.model.dim = 64;
+  config.model.depth = 2;
+  config.model.heads = 4;
+  config.model.dim_head = 16;
+  config.model.causal = true;
+  config.model.attention = "causal-linear";
+  config.task = TrainTask::kCopy;
+  config.copy_alphabet = 10;
+  config.seq_len = 64;
+  config.batch_size = 32;
+  config.steps = 2000;
+  config.lr = 3e-3;
+  config.warmup = 50;
+  config.min_lr = 1e-4;
+  config.eval_every = 250;
+  config.eval_batches = 16;
+  return config;
+}
+
+absl::Status ParseCount(const std::string& flag, const std::string& text,
+                        int64_t min_value, int64_t& value) {
+  if (!absl::SimpleAtoi(text, &value) || value < min_value) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "train: ", flag, " expects an integer >= ", min_value, ", got \"", text, "\""));
+  }
+  return absl::OkStatus();
+}
+
+std::string Duration(double seconds) {
+  const int64_t total = static_cast<int64_t>(seconds + 0.5);
+  if (total >= 60) return absl::StrCat(total / 60, "m", total % 60, "s");
+  return absl::StrCat(total, "s");
+}
+
+absl::Status Train(const std::vector<std::string>& flags) {
+  TrainConfig config = DefaultTrainConfig();
+  std::string attention, config_path;
+  std::optional<uint64_t> seed;
+  for (size_t i = 0; i < flags.size(); ++i) {
+    const std::string& flag = flags[i];
+    if (flag != "--steps" && flag != "--attention" && flag != "--data" &&
+        flag != "--out" && flag != "--config" && flag != "--seed") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("train: unknown argument \"", flag, "\"; run 'ftx help'"));
+    }
+    if (i + 1 == flags.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("train: ", flag, " needs a value"));
+    }
+    const std::string& value = flags[++i];
+    if (flag == "--steps") {
+      if (absl::Status status = ParseCount(flag, value, 1, config.steps); !status.ok()) {
+        return status;
+      }
+    } else if (flag == "--seed") {
+      int64_t number = 0;
+      if (absl::Status status = ParseCount(flag, value, 0, number); !status.ok()) {
+        return status;
+      }
+      seed = static_cast<uint64_t>(number);
+    } else if (flag == "--attention") {
+      attention = value;
+    } else if (flag == "--data") {
+      config.task = TrainTask::kBytes;
+      config.data_path = value;
+    } else if (flag == "--out") {
+      config.out_dir = value;
+    } else {
+      config_path = value;
+    }
+  }
+  if (!config_path.empty()) {
+    std::ifstream file(config_path);
+    if (!file) {
+      return absl::NotFoundError(
+          absl::StrCat("train: cannot open config \"", config_path, "\""));
+    }
+    std::ostringstream json;
+    json << file.rdbuf();
+    absl::StatusOr<TransformerConfig> model = TransformerConfigFromJson(json.str());
+    if (!model.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("train: ", config_path, ": ", model.status().message()));
+    }
+    config.model = *std::move(model);
+  }
+  if (seed.has_value()) {
+    config.seed = *seed;
+    config.model.seed = *seed;
+  }
+  if (!attention.empty()) {
+    if (attention != config.model.attention) config.model.attention_options.clear();
+    config.model.attention = attention;
+  }
+  if (config.warmup >= config.steps) config.warmup = config.steps / 10;
+  if (config.eval_every >= config.steps) config.eval_every = 0;
+
+  absl::StatusOr<std::unique_ptr<Context>> ctx = Context::Create();
+  if (!ctx.ok()) return ctx.status();
+  AttentionRegistry registry;
+  if (absl::Status status = RegisterBuiltinAttentions(registry); !status.ok()) {
+    return status;
+  }
+  absl::StatusOr<std::unique_ptr<Trainer>> trainer =
+      Trainer::Create(**ctx, registry, config);
+  if (!trainer.ok()) {
+    return absl::Status(trainer.status().code(),
+                        absl::StrCat("train: ", trainer.status().message()));
+  }
+  const TrainConfig& c = (*trainer)->config();
+  std::printf(
+      "training %s decoder (dim %lld, depth %lld, heads %lld, %lld parameters) on %s, "
+      "%lld steps of %lld x %lld tokens, %d threads\n",
+      c.model.attention.c_str(), static_cast<long long>(c.model.dim),
+      static_cast<long long>(c.model.depth), static_cast<long long>(c.model.heads),
+      static_cast<long long>((*trainer)->params().NumParams()),
+      c.task == TrainTask::kCopy
+          ? absl::StrCat("the copy task (", c.copy_alphabet, " symbols)").c_str()
+          : absl::StrCat("bytes of ", c.data_path).c_str(),
+      static_cast<long long>(c.steps), static_cast<long long>(c.batch_size),
+      static_cast<long long>(c.seq_len), (*ctx)->num_threads());
+  std::fflush(stdout);
+  const int64_t print_every = std::max<int64_t>(1, c.steps / 20);
+  std::optional<EvalResult> last_eval;
+  const absl::Status status = (*trainer)->Run([&](const TrainProgress& progress) {
+    const int64_t done = progress.step.step + 1;
+    if (progress.eval.has_value()) {
+      last_eval = progress.eval;
+      std::printf("eval  step %lld: loss %.4f  token accuracy %.2f %%",
+                  static_cast<long long>(done), progress.eval->loss,
+                  100.0 * progress.eval->token_accuracy);
+      if (progress.eval->exact_copy_accuracy.has_value()) {
+        std::printf("  exact-copy accuracy %.2f %%",
+                    100.0 * *progress.eval->exact_copy_accuracy);
+      }
+      std::printf("\n");
+    } else if (done % print_every == 0 || done == c.steps) {
+      std::printf("step %lld/%lld  loss %.4f  lr %.2e  %.0f tokens/s  ETA %s\n",
+                  static_cast<long long>(done), static_cast<long long>(c.steps),
+                  progress.step.loss, progress.step.lr, progress.tokens_per_second,
+                  Duration(progress.eta_seconds).c_str());
+    }
+    std::fflush(stdout);
+  });
+  if (!status.ok()) return status;
+  if (last_eval.has_value() && last_eval->exact_copy_accuracy.has_value()) {
+    std::printf("final exact-copy accuracy: %.2f %% of %lld sequences\n",
+                100.0 * *last_eval->exact_copy_accuracy,
+                static_cast<long long>(last_eval->sequences));
+  } else if (last_eval.has_value()) {
+    std::printf("final held-out loss: %.4f (%.4f bits per byte)\n", last_eval->loss,
+                last_eval->loss / 0.6931471805599453);
+  }
+  if (!c.out_dir.empty()) std::printf("checkpoint written to %s\n", c.out_dir.c_str());
+  return absl::OkStatus();
+}
+
 absl::Status Run(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
     std::printf("%s", kUsage);
@@ -106,6 +287,9 @@ absl::Status Run(const std::vector<std::string>& args) {
   if (args[0] == "inspect") {
     if (args.size() == 2) return Inspect(args[1]);
     return absl::InvalidArgumentError("usage: ftx inspect FILE");
+  }
+  if (args[0] == "train") {
+    return Train(std::vector<std::string>(args.begin() + 1, args.end()));
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown command \"", args[0], "\"; run 'ftx help'"));
