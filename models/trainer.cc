@@ -1,17 +1,27 @@
 #include "models/trainer.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <system_error>
+#include <type_traits>
 #include <utility>
 #include <variant>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "kernels/base/philox.h"
 #include "kernels/base/status_macros.h"
 #include "kernels/cross_entropy/cross_entropy.h"
@@ -129,27 +139,277 @@ Json ConfigJson(const TransformerConfig& c) {
               {"seed", c.seed}};
 }
 
-// Writes `contents` to `path` through a temporary file renamed over it.
+constexpr char kModelFile[] = "model.safetensors";
+constexpr char kOptimizerFile[] = "optimizer.safetensors";
+constexpr char kInfoFile[] = "checkpoint.json";
+constexpr char kFirstMomentPrefix[] = "m/";
+constexpr char kSecondMomentPrefix[] = "v/";
+
+std::string DirectoryOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+// Writes `contents` to `path` through a temporary file in the same directory
+// that is fsynced and renamed over `path` (then the directory is fsynced), so
+// `path` is always either the old or the new file.
 absl::Status WriteFileAtomically(const std::string& path,
-                                 const std::string& contents) {
-  const std::string temporary = absl::StrCat(path, ".tmp");
-  {
-    std::ofstream file(temporary, std::ios::binary | std::ios::trunc);
-    file << contents;
-    file.flush();
-    if (!file) {
-      std::remove(temporary.c_str());
-      return absl::InternalError(
-          absl::StrCat("cannot write \"", temporary, "\""));
+                                 absl::string_view contents) {
+  std::string temporary = absl::StrCat(path, ".tmp-XXXXXX");
+  const int fd = mkostemp(temporary.data(), O_CLOEXEC);
+  if (fd < 0) {
+    return absl::ErrnoToStatus(
+        errno,
+        absl::StrCat("cannot create a temporary file for \"", path, "\""));
+  }
+  const auto fail = [&](const char* what) {
+    const int error = errno;
+    unlink(temporary.c_str());
+    return absl::ErrnoToStatus(
+        error, absl::StrCat("cannot ", what, " \"", temporary, "\""));
+  };
+  if (fchmod(fd, 0644) != 0) {
+    close(fd);
+    return fail("set the mode of");
+  }
+  while (!contents.empty()) {
+    const ssize_t written = write(fd, contents.data(), contents.size());
+    if (written < 0 && errno == EINTR) continue;
+    if (written < 0) {
+      close(fd);
+      return fail("write");
+    }
+    contents.remove_prefix(static_cast<size_t>(written));
+  }
+  if (fsync(fd) != 0) {
+    close(fd);
+    return fail("fsync");
+  }
+  if (close(fd) != 0) return fail("close");
+  if (rename(temporary.c_str(), path.c_str()) != 0) return fail("rename");
+  const int directory =
+      open(DirectoryOf(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (directory >= 0) {
+    fsync(directory);
+    close(directory);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    return absl::NotFoundError(absl::StrCat("cannot open \"", path, "\""));
+  }
+  std::ostringstream contents;
+  contents << file.rdbuf();
+  if (file.bad()) {
+    return absl::DataLossError(absl::StrCat("cannot read \"", path, "\""));
+  }
+  return contents.str();
+}
+
+// 64-bit FNV-1a of `bytes`, as 16 hex digits: the checkpoint's check that a
+// file is the one its checkpoint.json was written with.
+std::string Fnv1a64(absl::string_view bytes) {
+  uint64_t hash = 0xcbf29ce484222325ull;
+  for (const char byte : bytes) {
+    hash ^= static_cast<unsigned char>(byte);
+    hash *= 0x100000001b3ull;
+  }
+  return absl::StrCat(absl::Hex(hash, absl::kZeroPad16));
+}
+
+Json TrainJson(const TrainConfig& c) {
+  return Json{{"task", TaskName(c.task)},
+              {"copy_alphabet", c.copy_alphabet},
+              {"data_path", c.data_path},
+              {"held_out_fraction", c.held_out_fraction},
+              {"steps", c.steps},
+              {"batch_size", c.batch_size},
+              {"seq_len", c.seq_len},
+              {"lr", c.lr},
+              {"warmup", c.warmup},
+              {"min_lr", c.min_lr},
+              {"weight_decay", c.weight_decay},
+              {"clip", c.clip},
+              {"seed", c.seed},
+              {"eval_every", c.eval_every},
+              {"eval_batches", c.eval_batches}};
+}
+
+// Reads object[key] into `value` when it has T's JSON type; otherwise an
+// InvalidArgument naming `source` and `where`.key.
+template <typename T>
+absl::Status ReadField(const Json& object, const char* key,
+                       const std::string& source, const char* where, T& value) {
+  const auto found = object.find(key);
+  bool ok = found != object.end();
+  if (ok) {
+    if constexpr (std::is_same_v<T, bool>) {
+      ok = found->is_boolean();
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      ok = found->is_string();
+    } else if constexpr (std::is_same_v<T, uint64_t>) {
+      ok = found->is_number_unsigned();
+    } else if constexpr (std::is_integral_v<T>) {
+      ok = found->is_number_integer();
+    } else {
+      ok = found->is_number();
     }
   }
-  std::error_code error;
-  std::filesystem::rename(temporary, path, error);
-  if (error) {
-    std::remove(temporary.c_str());
-    return absl::InternalError(absl::StrCat("cannot rename \"", temporary,
-                                            "\" to \"", path,
-                                            "\": ", error.message()));
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", source, "\": ", where, ".", key,
+                     " is missing or of the wrong type"));
+  }
+  value = found->get<T>();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TrainConfig> TrainConfigFromJson(const Json& train,
+                                                const std::string& source) {
+  if (!train.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", source, "\": \"train\" is not an object"));
+  }
+  TrainConfig c;
+  std::string task;
+  FTX_RETURN_IF_ERROR(ReadField(train, "task", source, "train", task));
+  if (task == TaskName(TrainTask::kCopy)) {
+    c.task = TrainTask::kCopy;
+  } else if (task == TaskName(TrainTask::kBytes)) {
+    c.task = TrainTask::kBytes;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", source, "\": train.task must be \"copy\" or \"bytes\", got \"",
+        task, "\""));
+  }
+  FTX_RETURN_IF_ERROR(
+      ReadField(train, "copy_alphabet", source, "train", c.copy_alphabet));
+  FTX_RETURN_IF_ERROR(
+      ReadField(train, "data_path", source, "train", c.data_path));
+  FTX_RETURN_IF_ERROR(ReadField(train, "held_out_fraction", source, "train",
+                                c.held_out_fraction));
+  FTX_RETURN_IF_ERROR(ReadField(train, "steps", source, "train", c.steps));
+  FTX_RETURN_IF_ERROR(
+      ReadField(train, "batch_size", source, "train", c.batch_size));
+  FTX_RETURN_IF_ERROR(ReadField(train, "seq_len", source, "train", c.seq_len));
+  FTX_RETURN_IF_ERROR(ReadField(train, "lr", source, "train", c.lr));
+  FTX_RETURN_IF_ERROR(ReadField(train, "warmup", source, "train", c.warmup));
+  FTX_RETURN_IF_ERROR(ReadField(train, "min_lr", source, "train", c.min_lr));
+  FTX_RETURN_IF_ERROR(
+      ReadField(train, "weight_decay", source, "train", c.weight_decay));
+  FTX_RETURN_IF_ERROR(ReadField(train, "clip", source, "train", c.clip));
+  FTX_RETURN_IF_ERROR(ReadField(train, "seed", source, "train", c.seed));
+  FTX_RETURN_IF_ERROR(
+      ReadField(train, "eval_every", source, "train", c.eval_every));
+  FTX_RETURN_IF_ERROR(
+      ReadField(train, "eval_batches", source, "train", c.eval_batches));
+  return c;
+}
+
+// checkpoint.json parsed: what ReadCheckpointInfo returns and the JSON
+// object (whose optimizer, data and files parts only Resume needs).
+struct ParsedCheckpoint {
+  CheckpointInfo info;
+  Json root;
+  std::string path;
+};
+
+absl::StatusOr<ParsedCheckpoint> ParseCheckpoint(const std::string& dir) {
+  ParsedCheckpoint parsed;
+  parsed.path = absl::StrCat(dir, "/", kInfoFile);
+  FTX_ASSIGN_OR_RETURN(const std::string contents, ReadWholeFile(parsed.path));
+  parsed.root = Json::parse(contents, nullptr, /*allow_exceptions=*/false);
+  const Json& root = parsed.root;
+  if (root.is_discarded() || !root.is_object() || !root.contains("step") ||
+      !root["step"].is_number_integer() || !root.contains("model") ||
+      !root["model"].is_object() || !root.contains("train")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", parsed.path,
+                     "\" is not a checkpoint: expected a JSON object with an "
+                     "integer \"step\", an object \"model\" and \"train\""));
+  }
+  CheckpointInfo& info = parsed.info;
+  info.step = root["step"].get<int64_t>();
+  if (info.step < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", parsed.path, "\": step must be >= 0, got ", info.step));
+  }
+  absl::StatusOr<TransformerConfig> model =
+      TransformerConfigFromJson(root["model"].dump());
+  if (!model.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", parsed.path, "\": ", model.status().message()));
+  }
+  info.model = *std::move(model);
+  FTX_ASSIGN_OR_RETURN(info.train,
+                       TrainConfigFromJson(root["train"], parsed.path));
+  info.train.model = info.model;
+  return parsed;
+}
+
+// The first key whose value differs between the objects `requested` and
+// `stored` (ignoring `ignored`), as an InvalidArgument naming both values.
+absl::Status CheckSameConfig(const Json& requested, const Json& stored,
+                             const char* prefix,
+                             const std::vector<std::string>& ignored,
+                             const std::string& dir) {
+  for (const auto& [key, value] : requested.items()) {
+    if (std::find(ignored.begin(), ignored.end(), key) != ignored.end()) {
+      continue;
+    }
+    const auto found = stored.find(key);
+    const std::string stored_text =
+        found == stored.end() ? "nothing" : found->dump();
+    if (found == stored.end() || *found != value) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Trainer::Resume: the checkpoint in \"", dir, "\" has ", prefix, key,
+          " = ", stored_text, " but the requested config has ", value.dump(),
+          "; resume with the checkpoint's settings"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Reads dir/name whole and checks it against checkpoint.json's "files" entry.
+absl::StatusOr<std::string> ReadCheckedFile(const ParsedCheckpoint& parsed,
+                                            const std::string& dir,
+                                            const char* name) {
+  const std::string path = absl::StrCat(dir, "/", name);
+  const Json& files =
+      parsed.root.contains("files") ? parsed.root["files"] : Json::object();
+  int64_t bytes = 0;
+  std::string digest;
+  if (!files.is_object() || !files.contains(name) ||
+      !ReadField(files[name], "bytes", parsed.path, "files", bytes).ok() ||
+      !ReadField(files[name], "fnv1a64", parsed.path, "files", digest).ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", parsed.path, "\" has no valid files.\"", name,
+                     "\" entry (bytes, fnv1a64): not a resumable checkpoint"));
+  }
+  FTX_ASSIGN_OR_RETURN(std::string contents, ReadWholeFile(path));
+  if (static_cast<int64_t>(contents.size()) != bytes ||
+      Fnv1a64(contents) != digest) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", path, "\" is corrupt or from another save: ", contents.size(),
+        " bytes with FNV-1a ", Fnv1a64(contents), ", but \"", parsed.path,
+        "\" records ", bytes, " bytes with FNV-1a ", digest));
+  }
+  return contents;
+}
+
+// Every tensor of `file` must be F32, so that loading restores exact bits.
+absl::Status CheckAllF32(const SafetensorsFile& file) {
+  for (const SafetensorsEntry& entry : file.entries()) {
+    if (entry.dtype != "F32") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("\"", file.source(), "\": tensor \"", entry.name,
+                       "\" is ", entry.dtype, ", a checkpoint stores F32"));
+    }
   }
   return absl::OkStatus();
 }
@@ -366,29 +626,153 @@ absl::Status Trainer::SaveCheckpoint(const std::string& dir) {
     return absl::InternalError(absl::StrCat("cannot create directory \"", dir,
                                             "\": ", error.message()));
   }
+  const int64_t step = optimizer_.step();
+  const SafetensorsWriteOptions options{
+      .dtype = DType::kF32, .metadata = {{"step", absl::StrCat(step)}}};
   FTX_RETURN_IF_ERROR(
-      SaveParams(absl::StrCat(dir, "/model.safetensors"), store_));
-  const TrainConfig& c = config_;
-  const Json train{{"task", TaskName(c.task)},
-                   {"copy_alphabet", c.copy_alphabet},
-                   {"data_path", c.data_path},
-                   {"held_out_fraction", c.held_out_fraction},
-                   {"steps", c.steps},
-                   {"batch_size", c.batch_size},
-                   {"seq_len", c.seq_len},
-                   {"lr", c.lr},
-                   {"warmup", c.warmup},
-                   {"min_lr", c.min_lr},
-                   {"weight_decay", c.weight_decay},
-                   {"clip", c.clip},
-                   {"seed", c.seed},
-                   {"eval_every", c.eval_every},
-                   {"eval_batches", c.eval_batches}};
-  const Json root{{"step", optimizer_.step()},
-                  {"model", ConfigJson(c.model)},
-                  {"train", train}};
-  return WriteFileAtomically(absl::StrCat(dir, "/checkpoint.json"),
+      SaveParams(absl::StrCat(dir, "/", kModelFile), store_, options));
+  std::vector<std::pair<std::string, TensorView<const float>>> moments;
+  moments.reserve(2 * store_.NumTensors());
+  store_.ForEachParam([&moments](const ParamSlot& slot) {
+    moments.emplace_back(absl::StrCat(kFirstMomentPrefix, slot.name),
+                         slot.first_moment);
+  });
+  store_.ForEachParam([&moments](const ParamSlot& slot) {
+    moments.emplace_back(absl::StrCat(kSecondMomentPrefix, slot.name),
+                         slot.second_moment);
+  });
+  FTX_RETURN_IF_ERROR(WriteSafetensors(absl::StrCat(dir, "/", kOptimizerFile),
+                                       moments, options));
+  Json files = Json::object();
+  for (const char* name : {kModelFile, kOptimizerFile}) {
+    FTX_ASSIGN_OR_RETURN(const std::string contents,
+                         ReadWholeFile(absl::StrCat(dir, "/", name)));
+    files[name] =
+        Json{{"bytes", contents.size()}, {"fnv1a64", Fnv1a64(contents)}};
+  }
+  const AdamWConfig& adamw = optimizer_.config();
+  const Json root{{"step", step},
+                  {"model", ConfigJson(config_.model)},
+                  {"train", TrainJson(config_)},
+                  {"optimizer", Json{{"name", "AdamW"},
+                                     {"step", step},
+                                     {"beta1", adamw.beta1},
+                                     {"beta2", adamw.beta2},
+                                     {"eps", adamw.eps},
+                                     {"weight_decay", adamw.weight_decay}}},
+                  {"data", Json{{"seed", config_.seed}, {"next_batch", step}}},
+                  {"files", files}};
+  return WriteFileAtomically(absl::StrCat(dir, "/", kInfoFile),
                              root.dump(2) + "\n");
+}
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Resume(
+    const Context& ctx, const AttentionRegistry& registry,
+    const TrainConfig& config, const std::string& dir) {
+  FTX_ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer,
+                       Create(ctx, registry, config));
+  FTX_ASSIGN_OR_RETURN(const ParsedCheckpoint parsed, ParseCheckpoint(dir));
+  const CheckpointInfo& info = parsed.info;
+  const TrainConfig& c = trainer->config_;
+  if (info.train.task != c.task) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Trainer::Resume: the checkpoint in \"", dir, "\" was trained on the ",
+        TaskName(info.train.task), " task but the requested config is the ",
+        TaskName(c.task), " task"));
+  }
+  if (info.step > c.steps) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Trainer::Resume: the checkpoint in \"", dir, "\" is at step ",
+        info.step, ", beyond TrainConfig.steps = ", c.steps));
+  }
+  FTX_RETURN_IF_ERROR(CheckSameConfig(
+      ConfigJson(c.model), ConfigJson(info.model), "model.", {}, dir));
+  FTX_RETURN_IF_ERROR(CheckSameConfig(TrainJson(c), TrainJson(info.train), "",
+                                      {"steps", "eval_every", "eval_batches"},
+                                      dir));
+
+  const Json& root = parsed.root;
+  const Json no_object;
+  const Json& adamw =
+      root.contains("optimizer") ? root["optimizer"] : no_object;
+  const Json& data = root.contains("data") ? root["data"] : no_object;
+  std::string name;
+  int64_t optimizer_step = 0, next_batch = 0;
+  double beta1 = 0.0, beta2 = 0.0, eps = 0.0;
+  uint64_t data_seed = 0;
+  if (!adamw.is_object() || !data.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", parsed.path,
+                     "\" has no \"optimizer\" and \"data\" state: not a "
+                     "resumable checkpoint"));
+  }
+  FTX_RETURN_IF_ERROR(ReadField(adamw, "name", parsed.path, "optimizer", name));
+  FTX_RETURN_IF_ERROR(
+      ReadField(adamw, "step", parsed.path, "optimizer", optimizer_step));
+  FTX_RETURN_IF_ERROR(
+      ReadField(adamw, "beta1", parsed.path, "optimizer", beta1));
+  FTX_RETURN_IF_ERROR(
+      ReadField(adamw, "beta2", parsed.path, "optimizer", beta2));
+  FTX_RETURN_IF_ERROR(ReadField(adamw, "eps", parsed.path, "optimizer", eps));
+  FTX_RETURN_IF_ERROR(ReadField(data, "seed", parsed.path, "data", data_seed));
+  FTX_RETURN_IF_ERROR(
+      ReadField(data, "next_batch", parsed.path, "data", next_batch));
+  const AdamWConfig& expected = trainer->optimizer_.config();
+  if (name != "AdamW" || beta1 != expected.beta1 || beta2 != expected.beta2 ||
+      eps != expected.eps) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", parsed.path, "\": optimizer ", adamw.dump(),
+                     " is not the trainer's AdamW (betas ", expected.beta1,
+                     ", ", expected.beta2, ", eps ", expected.eps, ")"));
+  }
+  if (optimizer_step != info.step || next_batch != info.step ||
+      data_seed != c.seed) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", parsed.path, "\" is inconsistent: step ", info.step,
+        ", optimizer.step ", optimizer_step, ", data.next_batch ", next_batch,
+        ", data.seed ", data_seed, " (train.seed ", c.seed, ")"));
+  }
+
+  FTX_ASSIGN_OR_RETURN(std::string model_bytes,
+                       ReadCheckedFile(parsed, dir, kModelFile));
+  FTX_ASSIGN_OR_RETURN(
+      const SafetensorsFile model_file,
+      SafetensorsFile::FromBytes(std::move(model_bytes),
+                                 absl::StrCat(dir, "/", kModelFile)));
+  FTX_RETURN_IF_ERROR(CheckAllF32(model_file));
+  FTX_RETURN_IF_ERROR(LoadParams(model_file, trainer->store_));
+
+  FTX_ASSIGN_OR_RETURN(std::string optimizer_bytes,
+                       ReadCheckedFile(parsed, dir, kOptimizerFile));
+  FTX_ASSIGN_OR_RETURN(
+      const SafetensorsFile optimizer_file,
+      SafetensorsFile::FromBytes(std::move(optimizer_bytes),
+                                 absl::StrCat(dir, "/", kOptimizerFile)));
+  FTX_RETURN_IF_ERROR(CheckAllF32(optimizer_file));
+  ParamStore& store = trainer->store_;
+  if (static_cast<int64_t>(optimizer_file.entries().size()) !=
+      2 * store.NumTensors()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "\"", optimizer_file.source(), "\" has ",
+        optimizer_file.entries().size(), " tensors, expected ",
+        2 * store.NumTensors(), " (m/ and v/ of every parameter)"));
+  }
+  absl::Status loaded = absl::OkStatus();
+  store.ForEachParam([&](const ParamSlot& slot) {
+    if (!loaded.ok()) return;
+    loaded = optimizer_file.ReadFloat(
+        absl::StrCat(kFirstMomentPrefix, slot.name), slot.first_moment);
+    if (loaded.ok()) {
+      loaded = optimizer_file.ReadFloat(
+          absl::StrCat(kSecondMomentPrefix, slot.name), slot.second_moment);
+    }
+  });
+  if (!loaded.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", optimizer_file.source(), "\": ", loaded.message()));
+  }
+  FTX_RETURN_IF_ERROR(trainer->optimizer_.set_step(info.step));
+  return trainer;
 }
 
 absl::Status Trainer::Run(
@@ -422,33 +806,8 @@ absl::Status Trainer::Run(
 }
 
 absl::StatusOr<CheckpointInfo> ReadCheckpointInfo(const std::string& dir) {
-  const std::string path = absl::StrCat(dir, "/checkpoint.json");
-  std::ifstream file(path);
-  if (!file) {
-    return absl::NotFoundError(absl::StrCat("cannot open \"", path, "\""));
-  }
-  std::ostringstream contents;
-  contents << file.rdbuf();
-  const Json root = Json::parse(contents.str(), nullptr,
-                                /*allow_exceptions=*/false);
-  if (root.is_discarded() || !root.is_object() || !root.contains("step") ||
-      !root["step"].is_number_integer() || !root.contains("model") ||
-      !root["model"].is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("\"", path,
-                     "\" is not a checkpoint: expected a JSON object with an "
-                     "integer \"step\" and an object \"model\""));
-  }
-  CheckpointInfo info;
-  info.step = root["step"].get<int64_t>();
-  absl::StatusOr<TransformerConfig> model =
-      TransformerConfigFromJson(root["model"].dump());
-  if (!model.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("\"", path, "\": ", model.status().message()));
-  }
-  info.model = *std::move(model);
-  return info;
+  FTX_ASSIGN_OR_RETURN(ParsedCheckpoint parsed, ParseCheckpoint(dir));
+  return std::move(parsed.info);
 }
 
 }  // namespace ftx

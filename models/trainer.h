@@ -16,13 +16,29 @@
 // under teacher forcing and, for the copy task, the exact-copy accuracy: the
 // fraction of sequences whose copied symbols are all predicted right.
 //
-// A checkpoint in directory D is D/model.safetensors (SaveParams, atomic) and
-// D/checkpoint.json ({"step": s, "model": TransformerConfig, "train": {...}},
-// written to a temporary file and renamed).
+// A checkpoint in directory D holds everything a run needs to go on as if it
+// had never stopped:
+//   D/model.safetensors      the parameter values (SaveParams, F32)
+//   D/optimizer.safetensors  the AdamW moments, "m/<param>" and "v/<param>"
+//                            (F32, the store's layout and order)
+//   D/checkpoint.json        {"step": s, "model": TransformerConfig,
+//                             "train": {...}, "optimizer": {"name": "AdamW",
+//                             "step": s, betas, eps, weight_decay},
+//                             "data": {"seed": seed, "next_batch": s},
+//                             "files": {name: {"bytes": n, "fnv1a64": hex}}}
+// Every file is written to a temporary file, fsynced and renamed (the JSON
+// last), so a file is either the old or the new one. "files" ties the two
+// safetensors files to the JSON: a save interrupted between renames, a
+// truncated or altered file all fail the size or FNV-1a check on Resume.
+// The data batches and dropout seeds are pure functions of (seed, step), so
+// the step is the whole data/RNG position.
 //
 // Example:
 //   FTX_ASSIGN_OR_RETURN(auto trainer, Trainer::Create(ctx, registry, config));
 //   FTX_RETURN_IF_ERROR(trainer->Run([](const TrainProgress& p) { ... }));
+//   // Later, in another process with the same config:
+//   FTX_ASSIGN_OR_RETURN(auto resumed,
+//                        Trainer::Resume(ctx, registry, config, dir));
 #ifndef FTX_MODELS_TRAINER_H_
 #define FTX_MODELS_TRAINER_H_
 
@@ -109,6 +125,20 @@ class Trainer {
   const TrainConfig& config() const { return config_; }
   TransformerWrapper& model() { return *model_; }
   ParamStore& params() { return store_; }
+  // Create(config), then restores the parameters, the AdamW moments and the
+  // step from the checkpoint in `dir`: on the same CPU with the same thread
+  // count the following steps give bitwise the losses and parameters of an
+  // uninterrupted run. `config` must equal the checkpoint's (model config
+  // with the task's defaults filled in, task, data, batch, optimizer,
+  // schedule and seed) except for steps (>= the checkpoint's step; a
+  // different value extends or shortens the cosine schedule from there on),
+  // eval_every, eval_batches and out_dir. NotFound for a missing file,
+  // InvalidArgument naming the file or field for anything corrupt or
+  // different.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Resume(
+      const Context& ctx, const AttentionRegistry& registry,
+      const TrainConfig& config, const std::string& dir);
+
   // Steps done so far; the next Step is step number step().
   int64_t step() const { return optimizer_.step(); }
 
@@ -124,7 +154,7 @@ class Trainer {
   absl::StatusOr<StepResult> Step();
   // The evaluation described above (no parameter changes).
   absl::StatusOr<EvalResult> Evaluate();
-  // Writes dir/model.safetensors and dir/checkpoint.json, creating dir.
+  // Writes the checkpoint described above to dir, creating dir.
   absl::Status SaveCheckpoint(const std::string& dir);
 
   // Steps until config.steps, evaluating every eval_every steps and after the
@@ -165,8 +195,10 @@ std::string TransformerConfigToJson(const TransformerConfig& config);
 struct CheckpointInfo {
   int64_t step = 0;
   TransformerConfig model;
+  TrainConfig train;  // train.model == model; train.out_dir is empty
 };
-// Reads dir/checkpoint.json. NotFound / InvalidArgument naming the file.
+// Reads dir/checkpoint.json. NotFound / InvalidArgument naming the file (and
+// the field).
 absl::StatusOr<CheckpointInfo> ReadCheckpointInfo(const std::string& dir);
 
 }  // namespace ftx

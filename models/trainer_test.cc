@@ -1,16 +1,20 @@
 // Trainer: the loss gradient against central differences of the loss along
 // the gradient direction, a recorded 10-step loss trajectory (regression),
 // bitwise determinism of two runs, the loss falling on the copy task, the
-// evaluation's metrics, checkpoints written and loadable, the byte task, and
-// config errors.
+// evaluation's metrics, checkpoints written and loadable, the byte task,
+// config errors, and resuming from a checkpoint (bitwise the uninterrupted
+// run; missing, corrupt, mixed or mismatched checkpoints rejected).
 #include "models/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "attention/builtin.h"
@@ -289,6 +293,256 @@ TEST_F(TrainerTest, ConfigErrors) {
   config.task = TrainTask::kBytes;
   config.data_path = std::string(std::getenv("TEST_TMPDIR")) + "/absent.txt";
   expect_error(config, absl::StatusCode::kNotFound, "absent.txt");
+}
+
+std::string TestDir(const std::string& name) {
+  return std::string(std::getenv("TEST_TMPDIR")) + "/" + name;
+}
+
+// Steps `count` times from wherever `trainer` is, checking the step numbers.
+std::vector<float> StepLosses(Trainer& trainer, int64_t count) {
+  std::vector<float> losses;
+  const int64_t first = trainer.step();
+  for (int64_t i = 0; i < count; ++i) {
+    auto result = trainer.Step();
+    EXPECT_TRUE(result.ok()) << result.status();
+    if (!result.ok()) break;
+    EXPECT_EQ(result->step, first + i);
+    losses.push_back(result->loss);
+  }
+  return losses;
+}
+
+// Values, then first moments, then second moments of every parameter.
+std::vector<float> OptimizerState(ParamStore& store) {
+  std::vector<float> state;
+  store.ForEachParam([&state](const ParamSlot& slot) {
+    for (const TensorView<float>* view :
+         {&slot.value, &slot.first_moment, &slot.second_moment}) {
+      state.insert(state.end(), view->data(),
+                   view->data() + view->NumElements());
+    }
+  });
+  return state;
+}
+
+// Dropout on, so the dropout seeds must line up as well as data and moments.
+TrainConfig ResumeConfig() {
+  TrainConfig config = TinyCopyConfig();
+  config.model.attention = "full";
+  config.model.attention_options["attention_dropout"] = 0.1;
+  config.steps = 12;
+  return config;
+}
+
+TEST_F(TrainerTest, ResumedRunIsBitwiseTheUninterruptedRun) {
+  const TrainConfig config = ResumeConfig();
+  std::unique_ptr<Trainer> uninterrupted = Make(config);
+  ASSERT_NE(uninterrupted, nullptr);
+  const std::vector<float> expected = StepLosses(*uninterrupted, 12);
+  ASSERT_EQ(expected.size(), 12u);
+
+  const std::string dir = TestDir("resume/bitwise");
+  std::vector<float> losses;
+  {
+    std::unique_ptr<Trainer> first_half = Make(config);
+    ASSERT_NE(first_half, nullptr);
+    losses = StepLosses(*first_half, 6);
+    const absl::Status saved = first_half->SaveCheckpoint(dir);
+    ASSERT_TRUE(saved.ok()) << saved;
+  }
+  auto resumed = Trainer::Resume(*ctx_, registry_, config, dir);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ((*resumed)->step(), 6);
+  const std::vector<float> second_half = StepLosses(**resumed, 6);
+  losses.insert(losses.end(), second_half.begin(), second_half.end());
+  EXPECT_EQ(losses, expected);
+  EXPECT_EQ(OptimizerState((*resumed)->params()),
+            OptimizerState(uninterrupted->params()));
+
+  // The moments matter: the same resumed state with zeroed moments takes
+  // the same step 6 (same parameters, data and dropout) but then differs.
+  auto zeroed = Trainer::Resume(*ctx_, registry_, config, dir);
+  ASSERT_TRUE(zeroed.ok()) << zeroed.status();
+  (*zeroed)->params().ForEachParam([](const ParamSlot& slot) {
+    std::fill(slot.first_moment.data(),
+              slot.first_moment.data() + slot.first_moment.NumElements(), 0.0f);
+    std::fill(slot.second_moment.data(),
+              slot.second_moment.data() + slot.second_moment.NumElements(),
+              0.0f);
+  });
+  const std::vector<float> zeroed_losses = StepLosses(**zeroed, 2);
+  ASSERT_EQ(zeroed_losses.size(), 2u);
+  EXPECT_EQ(zeroed_losses[0], expected[6]);
+  EXPECT_NE(zeroed_losses[1], expected[7]);
+}
+
+TEST_F(TrainerTest, ResumeContinuesThroughRunAndRecordsState) {
+  TrainConfig config = ResumeConfig();
+  config.steps = 4;
+  config.out_dir = TestDir("resume/run");
+  std::unique_ptr<Trainer> trainer = Make(config);
+  ASSERT_NE(trainer, nullptr);
+  ASSERT_TRUE(trainer->Run(nullptr).ok());
+  const CheckpointInfo info = ReadCheckpointInfo(config.out_dir).value();
+  EXPECT_EQ(info.step, 4);
+  EXPECT_EQ(info.train.seed, config.seed);
+  EXPECT_EQ(info.train.lr, config.lr);
+  EXPECT_EQ(info.train.steps, 4);
+  EXPECT_TRUE(info.train.out_dir.empty());
+
+  // Extending the run: steps may grow, the rest must stay.
+  config.steps = 6;
+  auto resumed = Trainer::Resume(*ctx_, registry_, config, config.out_dir);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  int steps = 0;
+  ASSERT_TRUE((*resumed)
+                  ->Run([&steps](const TrainProgress& progress) {
+                    if (!progress.eval.has_value()) ++steps;
+                  })
+                  .ok());
+  EXPECT_EQ(steps, 2);
+  EXPECT_EQ(ReadCheckpointInfo(config.out_dir).value().step, 6);
+}
+
+class ResumeErrorTest : public TrainerTest {
+ protected:
+  void SetUp() override {
+    TrainerTest::SetUp();
+    config_ = ResumeConfig();
+    std::unique_ptr<Trainer> trainer = Make(config_);
+    ASSERT_NE(trainer, nullptr);
+    ASSERT_EQ(StepLosses(*trainer, 3).size(), 3u);
+    good_ = TestDir("resume/good");
+    ASSERT_TRUE(trainer->SaveCheckpoint(good_).ok());
+    ASSERT_EQ(StepLosses(*trainer, 2).size(), 2u);
+    later_ = TestDir("resume/later");
+    ASSERT_TRUE(trainer->SaveCheckpoint(later_).ok());
+  }
+
+  // A fresh copy of the good checkpoint.
+  std::string CopyOfGood(const std::string& name) {
+    const std::string dir = TestDir("resume/" + name);
+    std::filesystem::remove_all(dir);
+    std::filesystem::copy(good_, dir);
+    return dir;
+  }
+
+  void ExpectError(const TrainConfig& config, const std::string& dir,
+                   absl::StatusCode code, const std::string& text) {
+    auto trainer = Trainer::Resume(*ctx_, registry_, config, dir);
+    ASSERT_FALSE(trainer.ok()) << text;
+    EXPECT_EQ(trainer.status().code(), code) << trainer.status();
+    EXPECT_NE(trainer.status().message().find(text), absl::string_view::npos)
+        << trainer.status();
+  }
+
+  TrainConfig config_;
+  std::string good_, later_;
+};
+
+TEST_F(ResumeErrorTest, GoodCheckpointResumes) {
+  auto trainer = Trainer::Resume(*ctx_, registry_, config_, CopyOfGood("ok"));
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  EXPECT_EQ((*trainer)->step(), 3);
+}
+
+TEST_F(ResumeErrorTest, MissingFiles) {
+  for (const char* name :
+       {"checkpoint.json", "model.safetensors", "optimizer.safetensors"}) {
+    const std::string dir = CopyOfGood(std::string("missing_") + name);
+    std::filesystem::remove(dir + "/" + name);
+    ExpectError(config_, dir, absl::StatusCode::kNotFound,
+                std::string("cannot open \"") + dir + "/" + name + "\"");
+  }
+  ExpectError(config_, TestDir("resume/absent"), absl::StatusCode::kNotFound,
+              "checkpoint.json");
+}
+
+TEST_F(ResumeErrorTest, CorruptFiles) {
+  for (const char* name : {"model.safetensors", "optimizer.safetensors"}) {
+    // One flipped bit in the last tensor's data: still valid safetensors.
+    std::string dir = CopyOfGood(std::string("flipped_") + name);
+    std::string path = dir + "/" + name;
+    {
+      std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+      file.seekg(-1, std::ios::end);
+      const char last = static_cast<char>(file.get());
+      file.seekp(-1, std::ios::end);
+      file.put(static_cast<char>(last ^ 1));
+    }
+    ExpectError(config_, dir, absl::StatusCode::kInvalidArgument,
+                "is corrupt or from another save");
+    // Truncated.
+    dir = CopyOfGood(std::string("truncated_") + name);
+    path = dir + "/" + name;
+    std::filesystem::resize_file(path, std::filesystem::file_size(path) / 2);
+    ExpectError(config_, dir, absl::StatusCode::kInvalidArgument,
+                "is corrupt or from another save");
+    // From a later save of the same run.
+    dir = CopyOfGood(std::string("mixed_") + name);
+    std::filesystem::copy_file(
+        later_ + "/" + name, dir + "/" + name,
+        std::filesystem::copy_options::overwrite_existing);
+    ExpectError(config_, dir, absl::StatusCode::kInvalidArgument,
+                "is corrupt or from another save");
+  }
+  const std::string dir = CopyOfGood("bad_json");
+  {
+    std::ofstream file(dir + "/checkpoint.json", std::ios::trunc);
+    file << "{\"step\": 3, \"model\": ";
+  }
+  ExpectError(config_, dir, absl::StatusCode::kInvalidArgument,
+              "is not a checkpoint");
+}
+
+TEST_F(ResumeErrorTest, CheckpointWithoutOptimizerState) {
+  const std::string dir = CopyOfGood("no_optimizer");
+  std::ifstream in(dir + "/checkpoint.json");
+  std::string json((std::istreambuf_iterator<char>(in)),
+                   std::istreambuf_iterator<char>());
+  in.close();
+  const size_t at = json.find("\"optimizer\"");
+  ASSERT_NE(at, std::string::npos);
+  json.replace(at, 11, "\"optimiser\"");
+  std::ofstream(dir + "/checkpoint.json", std::ios::trunc) << json;
+  ExpectError(config_, dir, absl::StatusCode::kInvalidArgument,
+              "not a resumable checkpoint");
+}
+
+TEST_F(ResumeErrorTest, DifferentConfig) {
+  TrainConfig config = config_;
+  config.lr = 2e-2;
+  ExpectError(config, good_, absl::StatusCode::kInvalidArgument,
+              "has lr = 0.01 but the requested config has 0.02");
+  config = config_;
+  config.seed = 12;
+  ExpectError(config, good_, absl::StatusCode::kInvalidArgument, "has seed");
+  config = config_;
+  config.model.attention = "causal-linear";
+  config.model.attention_options.clear();
+  ExpectError(config, good_, absl::StatusCode::kInvalidArgument,
+              "model.attention");
+  config = config_;
+  config.model.dim = 32;
+  config.model.dim_head = 16;
+  ExpectError(config, good_, absl::StatusCode::kInvalidArgument,
+              "model.dim = 16 but the requested config has 32");
+  config = config_;
+  config.task = TrainTask::kBytes;
+  config.data_path = TestDir("resume_text.txt");
+  {
+    std::ofstream file(config.data_path);
+    for (int i = 0; i < 100; ++i) file << "some bytes. ";
+  }
+  ExpectError(config, good_, absl::StatusCode::kInvalidArgument,
+              "trained on the copy task but the requested config is the "
+              "bytes task");
+  config = config_;
+  config.steps = 2;
+  config.warmup = 1;
+  ExpectError(config, good_, absl::StatusCode::kInvalidArgument,
+              "at step 3, beyond TrainConfig.steps = 2");
 }
 
 }  // namespace

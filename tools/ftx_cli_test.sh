@@ -56,6 +56,24 @@ grep -q '"step": 4' "$TEST_TMPDIR/train_out/checkpoint.json" || fail "train chec
 "$ftx" inspect "$TEST_TMPDIR/train_out/model.safetensors" | grep -q "token_emb.weight" ||
   fail "the trained model.safetensors does not list token_emb.weight"
 
+# ftx train --resume: continue the 4-step run above to 6 steps; a finished run
+# has nothing to do; a different config, a missing or a corrupt checkpoint exit 2.
+train=$("$ftx" train --steps 6 --seed 3 --resume "$TEST_TMPDIR/train_out") ||
+  fail "ftx train --resume exited non-zero"
+grep -q "^resuming from .*train_out at step 4$" <<<"$train" || fail "train --resume header: $train"
+grep -qE "^step 5/6  loss [0-9.]+" <<<"$train" || fail "train --resume did not start at step 5: $train"
+grep -qE "^step 6/6  loss [0-9.]+" <<<"$train" || fail "train --resume progress: $train"
+grep -q '"step": 6' "$TEST_TMPDIR/train_out/checkpoint.json" || fail "train --resume checkpoint.json"
+[[ -s "$TEST_TMPDIR/train_out/optimizer.safetensors" ]] || fail "train wrote no optimizer.safetensors"
+inspect=$("$ftx" inspect "$TEST_TMPDIR/train_out/optimizer.safetensors") ||
+  fail "ftx inspect optimizer.safetensors exited non-zero"
+grep -qE '^  m/token_emb.weight +F32' <<<"$inspect" && grep -qE '^  v/token_emb.weight +F32' <<<"$inspect" ||
+  fail "optimizer.safetensors does not list the moments of token_emb.weight"
+"$ftx" train --seed 3 --resume "$TEST_TMPDIR/train_out" | grep -q "nothing to do" ||
+  fail "train --resume of a finished run"
+cp -r "$TEST_TMPDIR/train_out" "$TEST_TMPDIR/corrupt_out"
+truncate -s 100 "$TEST_TMPDIR/corrupt_out/optimizer.safetensors"
+
 for i in $(seq 40); do printf 'hello ftx, byte by byte. '; done >"$TEST_TMPDIR/text.txt"
 cat >"$TEST_TMPDIR/tiny.json" <<'JSON'
 {"dim": 16, "depth": 1, "heads": 2, "dim_head": 8, "causal": true, "attention": "causal-linear"}
@@ -81,7 +99,58 @@ expect_train_error '--steps expects an integer >= 1, got "0"' --steps 0
 expect_train_error 'unknown argument "--bogus"' --bogus 1
 expect_train_error '--seed needs a value' --seed
 expect_train_error 'no-such-mechanism' --attention no-such-mechanism --steps 1
+expect_train_error 'seed = 3 but the requested config has 4' --steps 8 --seed 4 \
+  --resume "$TEST_TMPDIR/train_out"
+expect_train_error 'model.attention' --steps 8 --seed 3 --attention full \
+  --resume "$TEST_TMPDIR/train_out"
+expect_train_error 'cannot open "[^"]*absent_dir/checkpoint.json"' --resume "$TEST_TMPDIR/absent_dir"
+expect_train_error 'optimizer.safetensors" is corrupt or from another save' --steps 8 --seed 3 \
+  --resume "$TEST_TMPDIR/corrupt_out"
 "$ftx" help | grep -q "train \[flags\]" || fail "help does not mention train"
+"$ftx" help | grep -q -- "--resume DIR" || fail "help does not mention --resume"
+
+# ftx generate: the copy-task checkpoint written above (ids in, ids out), a byte
+# model (text in, bytes out), determinism for a seed, and bad arguments.
+copy_dir="$TEST_TMPDIR/train_out"
+out=$("$ftx" generate --checkpoint "$copy_dir" --prompt "1 2 3 10" --max-new 5 --greedy) ||
+  fail "ftx generate (copy task) exited non-zero"
+grep -qE '^([0-9]|10)( ([0-9]|10)){4}$' <<<"$out" || fail "generate copy ids: $out"
+first=$("$ftx" generate --checkpoint "$copy_dir" --prompt "4 4 10" --seed 5 --top-k 3 --temperature 2)
+second=$("$ftx" generate --checkpoint "$copy_dir" --prompt "4 4 10" --seed 5 --top-k 3 --temperature 2)
+[[ -n "$first" && "$first" == "$second" ]] || fail "generate is not deterministic: $first / $second"
+grep -qE '^[0-9]+( [0-9]+){31}$' <<<"$first" || fail "generate default --max-new is not 32: $first"
+
+"$ftx" train --steps 2 --data "$TEST_TMPDIR/text.txt" --config "$TEST_TMPDIR/tiny.json" \
+  --out "$TEST_TMPDIR/bytes_out" >/dev/null || fail "ftx train --data --out exited non-zero"
+"$ftx" generate --checkpoint "$TEST_TMPDIR/bytes_out" --prompt "hello" --max-new 7 --top-p 0.9 \
+  >"$TEST_TMPDIR/bytes.txt" || fail "ftx generate (bytes) exited non-zero"
+[[ $(wc -c <"$TEST_TMPDIR/bytes.txt") -eq 8 ]] ||
+  fail "generate bytes: expected 7 bytes and a newline, got $(wc -c <"$TEST_TMPDIR/bytes.txt")"
+
+expect_generate_error() {  # message, arguments...
+  local message=$1
+  shift
+  "$ftx" generate "$@" >/dev/null 2>"$TEST_TMPDIR/err"
+  [[ $? -eq 2 ]] || fail "ftx generate $* did not exit 2"
+  grep -q -- "$message" "$TEST_TMPDIR/err" || fail "ftx generate $*: $(cat "$TEST_TMPDIR/err")"
+}
+mkdir -p "$TEST_TMPDIR/corrupt"
+cp "$copy_dir/model.safetensors" "$TEST_TMPDIR/corrupt/"
+echo '{"step": "x"}' >"$TEST_TMPDIR/corrupt/checkpoint.json"
+expect_generate_error 'cannot open "[^"]*absent/checkpoint.json"' \
+  --checkpoint "$TEST_TMPDIR/absent" --prompt "1"
+expect_generate_error 'is not a checkpoint' --checkpoint "$TEST_TMPDIR/corrupt" --prompt "1"
+expect_generate_error '--checkpoint DIR is required' --prompt "1"
+expect_generate_error 'non-empty --prompt is required' --checkpoint "$copy_dir"
+expect_generate_error 'space-separated ids in \[0, 11)' --checkpoint "$copy_dir" --prompt "1 x"
+expect_generate_error 'got "11"' --checkpoint "$copy_dir" --prompt "11"
+expect_generate_error '--top-k expects an integer >= 1, got "0"' --checkpoint "$copy_dir" --top-k 0
+expect_generate_error '--temperature expects a number > 0, got "-1"' --temperature -1
+expect_generate_error '--top-p expects a number in (0, 1\], got "2"' --top-p 2
+expect_generate_error '--max-new expects an integer >= 1, got "abc"' --max-new abc
+expect_generate_error '--seed needs a value' --seed
+expect_generate_error 'unknown argument "--bogus"' --bogus
+"$ftx" help | grep -q "generate \[flags\]" || fail "help does not mention generate"
 
 [[ $failures -eq 0 ]] && echo "ftx CLI: all checks passed"
 exit $failures

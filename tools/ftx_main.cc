@@ -5,10 +5,14 @@
 //                           safetensors file, sorted by name, with the parameter count
 //   ftx train [flags]       trains a small causal-linear decoder on the copy task (or a
 //                           byte-level LM on --data FILE), printing progress and the
-//                           final evaluation
+//                           final evaluation; --resume DIR continues a checkpointed run
+//
+//   ftx generate [flags]    samples a continuation of a prompt from a checkpoint
+//                           written by 'ftx train --out DIR'
 //
 // Errors go to stderr with a non-zero exit status; nothing here aborts on user input.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -21,9 +25,11 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "attention/builtin.h"
 #include "attention/registry.h"
 #include "kernels/base/context.h"
+#include "models/generate.h"
 #include "models/safetensors.h"
 #include "models/trainer.h"
 #include "models/transformer.h"
@@ -42,9 +48,22 @@ constexpr char kUsage[] =
     "                      --steps N          optimizer steps\n"
     "                      --attention NAME   attention mechanism ('ftx attention list')\n"
     "                      --data FILE        byte-level LM on FILE instead of the copy task\n"
-    "                      --out DIR          write model.safetensors + checkpoint.json\n"
+    "                      --out DIR          write a resumable checkpoint (models/trainer.h)\n"
     "                      --config FILE      JSON TransformerConfig (models/configs/)\n"
     "                      --seed N           data, dropout and initialisation seed\n"
+    "                      --resume DIR       continue the run checkpointed in DIR (same\n"
+    "                                         flags as the run that wrote it) up to its\n"
+    "                                         steps or --steps; --out defaults to DIR\n"
+    "  generate [flags]  continue a prompt with a trained checkpoint; flags:\n"
+    "                      --checkpoint DIR   directory written by 'ftx train --out DIR'\n"
+    "                      --prompt TEXT      text (byte models) or space-separated symbol\n"
+    "                                         ids (copy-task models)\n"
+    "                      --max-new N        tokens to generate (default 32)\n"
+    "                      --temperature T    sampling temperature (default 1)\n"
+    "                      --top-k K          sample among the K most likely tokens\n"
+    "                      --top-p P          sample within the nucleus of probability P\n"
+    "                      --seed N           sampling seed (default 0)\n"
+    "                      --greedy           take the most likely token every step\n"
     "  help              show this message\n";
 
 absl::Status AttentionList() {
@@ -155,12 +174,14 @@ std::string Duration(double seconds) {
 
 absl::Status Train(const std::vector<std::string>& flags) {
   TrainConfig config = DefaultTrainConfig();
-  std::string attention, config_path;
+  std::string attention, config_path, resume_dir;
   std::optional<uint64_t> seed;
+  bool steps_given = false;
   for (size_t i = 0; i < flags.size(); ++i) {
     const std::string& flag = flags[i];
     if (flag != "--steps" && flag != "--attention" && flag != "--data" &&
-        flag != "--out" && flag != "--config" && flag != "--seed") {
+        flag != "--out" && flag != "--config" && flag != "--seed" &&
+        flag != "--resume") {
       return absl::InvalidArgumentError(
           absl::StrCat("train: unknown argument \"", flag, "\"; run 'ftx help'"));
     }
@@ -169,6 +190,7 @@ absl::Status Train(const std::vector<std::string>& flags) {
     }
     const std::string& value = flags[++i];
     if (flag == "--steps") {
+      steps_given = true;
       if (absl::Status status = ParseCount(flag, value, 1, config.steps); !status.ok()) {
         return status;
       }
@@ -185,6 +207,8 @@ absl::Status Train(const std::vector<std::string>& flags) {
       config.data_path = value;
     } else if (flag == "--out") {
       config.out_dir = value;
+    } else if (flag == "--resume") {
+      resume_dir = value;
     } else {
       config_path = value;
     }
@@ -212,6 +236,18 @@ absl::Status Train(const std::vector<std::string>& flags) {
     if (attention != config.model.attention) config.model.attention_options.clear();
     config.model.attention = attention;
   }
+  if (!resume_dir.empty()) {
+    // The run's own steps unless --steps extends it, and its own warm-up (which
+    // the first run derived from its steps).
+    absl::StatusOr<CheckpointInfo> info = ReadCheckpointInfo(resume_dir);
+    if (!info.ok()) {
+      return absl::Status(info.status().code(),
+                          absl::StrCat("train: --resume: ", info.status().message()));
+    }
+    if (!steps_given) config.steps = info->train.steps;
+    config.warmup = info->train.warmup;
+    if (config.out_dir.empty()) config.out_dir = resume_dir;
+  }
   if (config.warmup >= config.steps) config.warmup = config.steps / 10;
   if (config.eval_every >= config.steps) config.eval_every = 0;
 
@@ -222,7 +258,8 @@ absl::Status Train(const std::vector<std::string>& flags) {
     return status;
   }
   absl::StatusOr<std::unique_ptr<Trainer>> trainer =
-      Trainer::Create(**ctx, registry, config);
+      resume_dir.empty() ? Trainer::Create(**ctx, registry, config)
+                         : Trainer::Resume(**ctx, registry, config, resume_dir);
   if (!trainer.ok()) {
     return absl::Status(trainer.status().code(),
                         absl::StrCat("train: ", trainer.status().message()));
@@ -239,6 +276,15 @@ absl::Status Train(const std::vector<std::string>& flags) {
           : absl::StrCat("bytes of ", c.data_path).c_str(),
       static_cast<long long>(c.steps), static_cast<long long>(c.batch_size),
       static_cast<long long>(c.seq_len), (*ctx)->num_threads());
+  if (!resume_dir.empty()) {
+    std::printf("resuming from %s at step %lld\n", resume_dir.c_str(),
+                static_cast<long long>((*trainer)->step()));
+    if ((*trainer)->step() == c.steps) {
+      std::printf("the checkpoint is already at step %lld = --steps; nothing to do\n",
+                  static_cast<long long>(c.steps));
+      return absl::OkStatus();
+    }
+  }
   std::fflush(stdout);
   const int64_t print_every = std::max<int64_t>(1, c.steps / 20);
   std::optional<EvalResult> last_eval;
@@ -275,6 +321,130 @@ absl::Status Train(const std::vector<std::string>& flags) {
   return absl::OkStatus();
 }
 
+absl::Status GenerateFlagError(const std::string& flag, const char* expected,
+                               const std::string& text) {
+  return absl::InvalidArgumentError(absl::StrCat("generate: ", flag, " expects ",
+                                                 expected, ", got \"", text, "\""));
+}
+
+// 'ftx generate': loads a checkpoint, tokenises the prompt (bytes, or symbol ids
+// for the copy task) and prints the generated continuation only.
+absl::Status GenerateCommand(const std::vector<std::string>& flags) {
+  std::string checkpoint;
+  std::optional<std::string> prompt;
+  GenerateOptions options;
+  for (size_t i = 0; i < flags.size(); ++i) {
+    const std::string& flag = flags[i];
+    if (flag == "--greedy") {
+      options.sampling.greedy = true;
+      continue;
+    }
+    if (flag != "--checkpoint" && flag != "--prompt" && flag != "--max-new" &&
+        flag != "--temperature" && flag != "--top-k" && flag != "--top-p" &&
+        flag != "--seed") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("generate: unknown argument \"", flag, "\"; run 'ftx help'"));
+    }
+    if (i + 1 == flags.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("generate: ", flag, " needs a value"));
+    }
+    const std::string& value = flags[++i];
+    if (flag == "--checkpoint") {
+      checkpoint = value;
+    } else if (flag == "--prompt") {
+      prompt = value;
+    } else if (flag == "--max-new") {
+      if (!absl::SimpleAtoi(value, &options.max_new_tokens) ||
+          options.max_new_tokens < 1) {
+        return GenerateFlagError(flag, "an integer >= 1", value);
+      }
+    } else if (flag == "--top-k") {
+      if (!absl::SimpleAtoi(value, &options.sampling.top_k) ||
+          options.sampling.top_k < 1) {
+        return GenerateFlagError(flag, "an integer >= 1", value);
+      }
+    } else if (flag == "--seed") {
+      if (!absl::SimpleAtoi(value, &options.seed)) {
+        return GenerateFlagError(flag, "an integer >= 0", value);
+      }
+    } else if (flag == "--temperature") {
+      double temperature = 0.0;
+      if (!absl::SimpleAtod(value, &temperature) || !(temperature > 0.0) ||
+          !std::isfinite(temperature)) {
+        return GenerateFlagError(flag, "a number > 0", value);
+      }
+      options.sampling.temperature = temperature;
+    } else {
+      double top_p = 0.0;
+      if (!absl::SimpleAtod(value, &top_p) || !(top_p > 0.0 && top_p <= 1.0)) {
+        return GenerateFlagError(flag, "a number in (0, 1]", value);
+      }
+      options.sampling.top_p = top_p;
+    }
+  }
+  if (checkpoint.empty()) {
+    return absl::InvalidArgumentError("generate: --checkpoint DIR is required");
+  }
+  if (!prompt.has_value() || prompt->empty()) {
+    return absl::InvalidArgumentError("generate: a non-empty --prompt is required");
+  }
+
+  AttentionRegistry registry;
+  if (absl::Status status = RegisterBuiltinAttentions(registry); !status.ok()) {
+    return status;
+  }
+  absl::StatusOr<GenerationModel> loaded = LoadGenerationModel(checkpoint, registry);
+  if (!loaded.ok()) {
+    return absl::Status(loaded.status().code(),
+                        absl::StrCat("generate: ", loaded.status().message()));
+  }
+  const bool copy_task = loaded->task == "copy";
+  const int64_t vocab = loaded->model->config().num_tokens;
+  std::vector<int32_t> tokens;
+  if (copy_task) {
+    for (absl::string_view word :
+         absl::StrSplit(*prompt, ' ', absl::SkipWhitespace())) {
+      int32_t id = 0;
+      if (!absl::SimpleAtoi(word, &id) || id < 0 || id >= vocab) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "generate: this copy-task model takes --prompt as space-separated ids in "
+            "[0, ",
+            vocab, ") (symbols 0..", loaded->copy_alphabet - 1, ", separator ",
+            loaded->copy_alphabet, "), got \"", word, "\""));
+      }
+      tokens.push_back(id);
+    }
+    if (tokens.empty()) {
+      return absl::InvalidArgumentError("generate: --prompt holds no ids");
+    }
+  } else {
+    for (unsigned char byte : *prompt) tokens.push_back(byte);
+  }
+
+  absl::StatusOr<std::unique_ptr<Context>> ctx = Context::Create();
+  if (!ctx.ok()) return ctx.status();
+  const TensorView<const int32_t> prompts(tokens.data(),
+                                          {1, static_cast<int64_t>(tokens.size())});
+  absl::StatusOr<std::vector<std::vector<int32_t>>> generated = Generate(
+      **ctx, *loaded->model, loaded->store, prompts, LengthMask(), options);
+  if (!generated.ok()) {
+    return absl::Status(generated.status().code(),
+                        absl::StrCat("generate: ", generated.status().message()));
+  }
+  std::string text;
+  for (int32_t token : generated->front()) {
+    if (copy_task) {
+      absl::StrAppend(&text, text.empty() ? "" : " ", token);
+    } else {
+      text.push_back(static_cast<char>(token));
+    }
+  }
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::printf("\n");
+  return absl::OkStatus();
+}
+
 absl::Status Run(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
     std::printf("%s", kUsage);
@@ -287,6 +457,9 @@ absl::Status Run(const std::vector<std::string>& args) {
   if (args[0] == "inspect") {
     if (args.size() == 2) return Inspect(args[1]);
     return absl::InvalidArgumentError("usage: ftx inspect FILE");
+  }
+  if (args[0] == "generate") {
+    return GenerateCommand(std::vector<std::string>(args.begin() + 1, args.end()));
   }
   if (args[0] == "train") {
     return Train(std::vector<std::string>(args.begin() + 1, args.end()));
