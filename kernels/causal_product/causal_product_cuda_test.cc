@@ -77,10 +77,6 @@ class DeviceSequences {
   Tensor device_;
 };
 
-std::vector<double> AsDouble(const std::vector<float>& values) {
-  return testing::Cast<double>(values);
-}
-
 testing::Tolerance ToleranceFor(int64_t length, int64_t inner) {
   return {2e-6 * std::sqrt(static_cast<double>(length * (inner + 1))), 1e-5};
 }
@@ -114,10 +110,10 @@ TEST(CausalProductCudaTest, ForwardAndBackwardMatchReference) {
     ASSERT_TRUE(ctx->Synchronize().ok());
 
     const reference::CausalProductShape shape{c.n, c.l, c.h, c.e, c.d};
-    const std::vector<double> q_host = AsDouble(q.initial()),
-                              k_host = AsDouble(k.initial()),
-                              v_host = AsDouble(v.initial()),
-                              g_host = AsDouble(g.initial());
+    const std::vector<double> q_host = testing::Cast<double>(q.initial()),
+                              k_host = testing::Cast<double>(k.initial()),
+                              v_host = testing::Cast<double>(v.initial()),
+                              g_host = testing::Cast<double>(g.initial());
     std::vector<double> expected(c.n * c.l * c.h * c.d),
         expected_dq(c.n * c.l * c.h * c.e), expected_dk(expected_dq.size()),
         expected_dv(expected.size());

@@ -81,10 +81,6 @@ class PaddedSequences {
   std::vector<float> storage_;
 };
 
-std::vector<double> ToDouble(const std::vector<float>& values) {
-  return testing::Cast<double>(values);
-}
-
 // Float sums of L terms of E products: the error grows with both.
 testing::Tolerance ToleranceFor(int64_t length, int64_t inner) {
   return {2e-6 * std::sqrt(static_cast<double>(length * (inner + 1))), 1e-5};
@@ -127,9 +123,10 @@ TEST_F(CausalProductTest, ForwardMatchesReferenceOnEveryTarget) {
         v(c.n, c.l, c.h, c.d, 3), out(c.n, c.l, c.h, c.d, 4);
     const CausalProductShape shape{c.n, c.l, c.h, c.e, c.d};
     std::vector<double> expected(c.n * c.l * c.h * c.d);
-    reference::CausalProduct(shape, ToDouble(q.Dense()).data(),
-                             ToDouble(k.Dense()).data(),
-                             ToDouble(v.Dense()).data(), expected.data());
+    reference::CausalProduct(shape, testing::Cast<double>(q.Dense()).data(),
+                             testing::Cast<double>(k.Dense()).data(),
+                             testing::Cast<double>(v.Dense()).data(),
+                             expected.data());
     ForEachHighwayTarget([&] {
       ASSERT_TRUE(CausalProduct(*ctx_, q.const_view(), k.const_view(),
                                 v.const_view(), out.view())
@@ -151,9 +148,11 @@ TEST_F(CausalProductTest, BackwardMatchesReferenceOnEveryTarget) {
     std::vector<double> expected_dq(c.n * c.l * c.h * c.e),
         expected_dk(expected_dq.size()), expected_dv(c.n * c.l * c.h * c.d);
     reference::CausalProductBackward(
-        shape, ToDouble(q.Dense()).data(), ToDouble(k.Dense()).data(),
-        ToDouble(v.Dense()).data(), ToDouble(g.Dense()).data(),
-        expected_dq.data(), expected_dk.data(), expected_dv.data());
+        shape, testing::Cast<double>(q.Dense()).data(),
+        testing::Cast<double>(k.Dense()).data(),
+        testing::Cast<double>(v.Dense()).data(),
+        testing::Cast<double>(g.Dense()).data(), expected_dq.data(),
+        expected_dk.data(), expected_dv.data());
     ForEachHighwayTarget([&] {
       ASSERT_TRUE(CausalProductBackward(*ctx_, q.const_view(), k.const_view(),
                                         v.const_view(), g.const_view(),
