@@ -69,6 +69,12 @@ inspect=$("$ftx" inspect "$TEST_TMPDIR/train_out/optimizer.safetensors") ||
   fail "ftx inspect optimizer.safetensors exited non-zero"
 grep -qE '^  m/token_emb.weight +F32' <<<"$inspect" && grep -qE '^  v/token_emb.weight +F32' <<<"$inspect" ||
   fail "optimizer.safetensors does not list the moments of token_emb.weight"
+# ftx eval: the held-out evaluation of the checkpoint; a missing one exits 2.
+evaluation=$("$ftx" eval --checkpoint "$TEST_TMPDIR/train_out") || fail "ftx eval exited non-zero"
+grep -qE "^step 6: held-out loss [0-9.]+  token accuracy [0-9.]+ %  exact-copy accuracy [0-9.]+ %" \
+  <<<"$evaluation" || fail "ftx eval output: $evaluation"
+"$ftx" eval --checkpoint "$TEST_TMPDIR/no_such_dir" 2>/dev/null
+[[ $? -eq 2 ]] || fail "ftx eval of a missing checkpoint did not exit 2"
 "$ftx" train --seed 3 --resume "$TEST_TMPDIR/train_out" | grep -q "nothing to do" ||
   fail "train --resume of a finished run"
 cp -r "$TEST_TMPDIR/train_out" "$TEST_TMPDIR/corrupt_out"
