@@ -13,6 +13,26 @@
 //                Symbols are tokens 0 .. A-1, SEP is A (vocabulary A + 1).
 //                The paper uses sequences of varying length up to 128 with
 //                10 symbols; here every sequence of a batch has n = T / 2.
+//   ListOpsTask  ListOps (Nangia & Bowman 2018, the Long Range Arena variant
+//                of Tay et al. 2021): nested prefix expressions such as
+//                  [ MAX 4 3 [ MIN 2 3 ] 1 0 [ MED 1 5 8 9 2 ] ]  = 5
+//                over the digits 0 .. 9 with the operators MAX, MIN, MED
+//                (median) and SM (sum mod 10); the label is the value 0 .. 9.
+//                As a language-model task the sequence is the expression, a
+//                separator and the answer; tokens are the expression, SEP and
+//                padding, and only the separator's position is scored:
+//                  tokens  = e_1 .. e_m SEP PAD .. PAD
+//                  targets = ign .. ign ans ign .. ign
+//                so the answer is never among the tokens (no leakage, causal
+//                or not), and token accuracy is answer accuracy.
+//                Vocabulary: digits 0 .. 9 are tokens 0 .. 9, then '[' 10,
+//                ']' 11, MAX 12, MIN 13, MED 14, SM 15, SEP 16, PAD 17.
+//                LRA's quirks kept: MED of an even count is int(np.median),
+//                the floor of the mean of the two middle values; operators
+//                take 2 .. max_args arguments (LRA: 10). Unlike LRA's
+//                rejection sampler, the generator spends a token budget: an
+//                operator node splits what is left evenly over its arguments,
+//                so every expression fits max_length without retries.
 //   ByteDataset  byte-level language modelling on a file: tokens are the bytes
 //                0 .. 255; the first (1 - held_out_fraction) of the file is
 //                the training split, the rest the held-out split; a batch is
@@ -36,6 +56,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "kernels/base/tensor_view.h"
 
 namespace ftx {
@@ -77,6 +98,58 @@ class CopyTask {
  private:
   explicit CopyTask(int64_t alphabet_size) : alphabet_size_(alphabet_size) {}
   int64_t alphabet_size_;
+};
+
+// ListOps tokens.
+inline constexpr int32_t kListOpsOpen = 10;   // '['
+inline constexpr int32_t kListOpsClose = 11;  // ']'
+inline constexpr int32_t kListOpsMax = 12;
+inline constexpr int32_t kListOpsMin = 13;
+inline constexpr int32_t kListOpsMedian = 14;
+inline constexpr int32_t kListOpsSumMod = 15;
+inline constexpr int32_t kListOpsSeparator = 16;
+inline constexpr int32_t kListOpsPad = 17;
+
+// The value 0 .. 9 of one ListOps expression (a digit, or '[' op arg .. arg
+// ']' with at least one argument). InvalidArgument naming the position of the
+// first malformed token, or trailing tokens.
+absl::StatusOr<int32_t> EvaluateListOps(const std::vector<int32_t>& tokens);
+
+// Text <-> tokens, words separated by spaces: "[ MAX 4 [ SM 7 8 ] ]".
+// InvalidArgument naming an unknown word.
+absl::StatusOr<std::vector<int32_t>> ListOpsFromText(absl::string_view text);
+std::string ListOpsToText(const std::vector<int32_t>& tokens);
+
+struct ListOpsConfig {
+  int64_t max_depth = 10;  // >= 1 nested operators (1: one flat operator)
+  int64_t max_args = 10;   // >= 2 arguments per operator at most
+  int64_t max_length = 0;  // >= 5 tokens per expression; 0: length - 1
+};
+
+class ListOpsTask {
+ public:
+  static constexpr int64_t kVocabSize = 18;
+
+  // InvalidArgument naming a field outside its range.
+  static absl::StatusOr<ListOpsTask> Create(const ListOpsConfig& config);
+
+  const ListOpsConfig& config() const { return config_; }
+  int64_t vocab_size() const { return kVocabSize; }
+
+  // The expression of sequence `index` of batch (seed, step), at most
+  // max_length tokens and max_depth operators deep; the root is an operator.
+  std::vector<int32_t> Expression(uint64_t seed, uint64_t step, int64_t index,
+                                  int64_t max_length) const;
+
+  // batch_size >= 1 sequences of length T: expressions of at most
+  // min(max_length, T - 1) >= 5 tokens, laid out as above. InvalidArgument
+  // naming the bad argument.
+  absl::StatusOr<TokenBatch> Batch(uint64_t seed, uint64_t step,
+                                   int64_t batch_size, int64_t length) const;
+
+ private:
+  explicit ListOpsTask(const ListOpsConfig& config) : config_(config) {}
+  ListOpsConfig config_;
 };
 
 enum class DataSplit { kTrain, kHeldOut };

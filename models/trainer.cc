@@ -37,6 +37,9 @@ using Json = nlohmann::json;
 // stays below 2^63, as their stream).
 constexpr uint64_t kDropoutStream = (uint64_t{1} << 63) + 1;
 constexpr uint64_t kEvalSeedStream = (uint64_t{1} << 63) + 2;
+// Dropout seed of micro-batch j = the step's seed + j * this (2^64 / golden
+// ratio, so the micro-batches' seeds are far apart).
+constexpr uint64_t kMicroBatchSeedIncrement = 0x9E3779B97F4A7C15ull;
 
 uint64_t Random64(uint64_t seed, uint64_t stream, uint64_t index) {
   return (static_cast<uint64_t>(RandomBits(seed, stream, 2 * index)) << 32) |
@@ -57,8 +60,16 @@ absl::Status ValidateTrainConfig(const TrainConfig& c) {
     return Bad("seq_len", absl::StrCat("even and >= 2 for the copy task, got ",
                                        c.seq_len));
   }
+  if (c.task == TrainTask::kListOps && c.seq_len < 6) {
+    return Bad("seq_len",
+               absl::StrCat(">= 6 for the ListOps task, got ", c.seq_len));
+  }
   if (c.seq_len < 1)
     return Bad("seq_len", absl::StrCat(">= 1, got ", c.seq_len));
+  if (c.accumulation_steps < 1) {
+    return Bad("accumulation_steps",
+               absl::StrCat(">= 1, got ", c.accumulation_steps));
+  }
   if (!(std::isfinite(c.lr) && c.lr >= 0.0)) {
     return Bad("lr", absl::StrCat("finite and >= 0, got ", c.lr));
   }
@@ -89,7 +100,15 @@ absl::Status ValidateTrainConfig(const TrainConfig& c) {
 }
 
 const char* TaskName(TrainTask task) {
-  return task == TrainTask::kCopy ? "copy" : "bytes";
+  switch (task) {
+    case TrainTask::kCopy:
+      return "copy";
+    case TrainTask::kBytes:
+      return "bytes";
+    case TrainTask::kListOps:
+      return "listops";
+  }
+  return "copy";
 }
 
 const char* NormName(NormType norm) {
@@ -227,9 +246,13 @@ Json TrainJson(const TrainConfig& c) {
               {"copy_alphabet", c.copy_alphabet},
               {"data_path", c.data_path},
               {"held_out_fraction", c.held_out_fraction},
+              {"listops_max_depth", c.listops_max_depth},
+              {"listops_max_args", c.listops_max_args},
+              {"listops_max_length", c.listops_max_length},
               {"steps", c.steps},
               {"batch_size", c.batch_size},
               {"seq_len", c.seq_len},
+              {"accumulation_steps", c.accumulation_steps},
               {"lr", c.lr},
               {"warmup", c.warmup},
               {"min_lr", c.min_lr},
@@ -282,10 +305,25 @@ absl::StatusOr<TrainConfig> TrainConfigFromJson(const Json& train,
     c.task = TrainTask::kCopy;
   } else if (task == TaskName(TrainTask::kBytes)) {
     c.task = TrainTask::kBytes;
+  } else if (task == TaskName(TrainTask::kListOps)) {
+    c.task = TrainTask::kListOps;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "\"", source, "\": train.task must be \"copy\" or \"bytes\", got \"",
-        task, "\""));
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", source,
+                     "\": train.task must be \"copy\", \"bytes\" or "
+                     "\"listops\", got \"",
+                     task, "\""));
+  }
+  // Fields newer than the first checkpoints: absent means the default.
+  for (const auto& [key, value] :
+       {std::pair<const char*, int64_t*>{"listops_max_depth",
+                                         &c.listops_max_depth},
+        {"listops_max_args", &c.listops_max_args},
+        {"listops_max_length", &c.listops_max_length},
+        {"accumulation_steps", &c.accumulation_steps}}) {
+    if (train.contains(key)) {
+      FTX_RETURN_IF_ERROR(ReadField(train, key, source, "train", *value));
+    }
   }
   FTX_RETURN_IF_ERROR(
       ReadField(train, "copy_alphabet", source, "train", c.copy_alphabet));
@@ -429,12 +467,24 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   FTX_RETURN_IF_ERROR(ValidateTrainConfig(config));
   TrainConfig c = config;
   std::optional<CopyTask> copy_task;
+  std::optional<ListOpsTask> listops;
   std::optional<ByteDataset> bytes;
   int64_t vocab = ByteDataset::kVocabSize;
   if (c.task == TrainTask::kCopy) {
     FTX_ASSIGN_OR_RETURN(CopyTask task, CopyTask::Create(c.copy_alphabet));
     vocab = task.vocab_size();
     copy_task = task;
+  } else if (c.task == TrainTask::kListOps) {
+    absl::StatusOr<ListOpsTask> task =
+        ListOpsTask::Create({.max_depth = c.listops_max_depth,
+                             .max_args = c.listops_max_args,
+                             .max_length = c.listops_max_length});
+    if (!task.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TrainConfig.listops_*: ", task.status().message()));
+    }
+    vocab = task->vocab_size();
+    listops = *task;
   } else {
     FTX_ASSIGN_OR_RETURN(ByteDataset dataset,
                          ByteDataset::Open(c.data_path, c.held_out_fraction));
@@ -479,6 +529,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
                                                std::move(store),
                                                std::move(optimizer), schedule));
   trainer->copy_task_ = copy_task;
+  trainer->listops_ = listops;
   trainer->bytes_ = std::move(bytes);
   const int64_t rows = c.batch_size * c.seq_len;
   trainer->logits_.resize(rows * c.model.num_tokens);
@@ -487,30 +538,38 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(
   return trainer;
 }
 
-absl::StatusOr<TokenBatch> Trainer::TrainBatch(int64_t step) const {
+absl::StatusOr<TokenBatch> Trainer::TaskBatch(DataSplit split, uint64_t seed,
+                                              uint64_t step,
+                                              int64_t batch_size) const {
   if (copy_task_.has_value()) {
-    return copy_task_->Batch(config_.seed, static_cast<uint64_t>(step),
-                             config_.batch_size, config_.seq_len);
+    return copy_task_->Batch(seed, step, batch_size, config_.seq_len);
   }
-  return bytes_->Batch(DataSplit::kTrain, config_.seed,
-                       static_cast<uint64_t>(step), config_.batch_size,
-                       config_.seq_len);
+  if (listops_.has_value()) {
+    return listops_->Batch(seed, step, batch_size, config_.seq_len);
+  }
+  return bytes_->Batch(split, seed, step, batch_size, config_.seq_len);
+}
+
+absl::StatusOr<TokenBatch> Trainer::TrainBatch(int64_t step) const {
+  return TaskBatch(DataSplit::kTrain, config_.seed, static_cast<uint64_t>(step),
+                   config_.accumulation_steps * config_.batch_size);
 }
 
 absl::StatusOr<TokenBatch> Trainer::EvalBatch(int64_t index) const {
-  const uint64_t eval_seed = Random64(config_.seed, kEvalSeedStream, 0);
-  if (copy_task_.has_value()) {
-    return copy_task_->Batch(eval_seed, static_cast<uint64_t>(index),
-                             config_.batch_size, config_.seq_len);
-  }
-  return bytes_->Batch(DataSplit::kHeldOut, eval_seed,
-                       static_cast<uint64_t>(index), config_.batch_size,
-                       config_.seq_len);
+  return TaskBatch(DataSplit::kHeldOut,
+                   Random64(config_.seed, kEvalSeedStream, 0),
+                   static_cast<uint64_t>(index), config_.batch_size);
 }
 
 absl::StatusOr<float> Trainer::LossAndGradients(const TokenBatch& batch,
                                                 bool training,
                                                 uint64_t dropout_seed) {
+  store_.ZeroGrads();
+  return AccumulateLossAndGradients(batch, training, dropout_seed);
+}
+
+absl::StatusOr<float> Trainer::AccumulateLossAndGradients(
+    const TokenBatch& batch, bool training, uint64_t dropout_seed) {
   const int64_t vocab = config_.model.num_tokens;
   if (batch.batch * batch.length * vocab !=
       static_cast<int64_t>(logits_.size())) {
@@ -518,7 +577,6 @@ absl::StatusOr<float> Trainer::LossAndGradients(const TokenBatch& batch,
         "Trainer::LossAndGradients: batch must be [", config_.batch_size, ", ",
         config_.seq_len, "], got [", batch.batch, ", ", batch.length, "]"));
   }
-  store_.ZeroGrads();
   const Shape logits_shape{batch.batch, batch.length, vocab};
   TensorView<float> logits(logits_.data(), logits_shape);
   TensorView<const int32_t> targets = batch.targets_view();
@@ -541,13 +599,35 @@ absl::StatusOr<float> Trainer::LossAndGradients(const TokenBatch& batch,
 
 absl::StatusOr<StepResult> Trainer::Step() {
   const int64_t step = optimizer_.step();
-  FTX_ASSIGN_OR_RETURN(TokenBatch batch, TrainBatch(step));
+  FTX_ASSIGN_OR_RETURN(const TokenBatch data, TrainBatch(step));
   StepResult result;
   result.step = step;
-  FTX_ASSIGN_OR_RETURN(result.loss,
-                       LossAndGradients(batch, /*training=*/true,
-                                        Random64(config_.seed, kDropoutStream,
-                                                 static_cast<uint64_t>(step))));
+  const int64_t micro_batches = config_.accumulation_steps;
+  const int64_t rows = config_.batch_size * config_.seq_len;
+  TokenBatch micro;
+  micro.batch = config_.batch_size;
+  micro.length = config_.seq_len;
+  store_.ZeroGrads();
+  double loss_sum = 0.0;
+  for (int64_t j = 0; j < micro_batches; ++j) {
+    micro.tokens.assign(data.tokens.begin() + j * rows,
+                        data.tokens.begin() + (j + 1) * rows);
+    micro.targets.assign(data.targets.begin() + j * rows,
+                         data.targets.begin() + (j + 1) * rows);
+    // Micro-batch 0 keeps the seed of a step without accumulation.
+    const uint64_t dropout_seed =
+        Random64(config_.seed, kDropoutStream, static_cast<uint64_t>(step)) +
+        static_cast<uint64_t>(j) * kMicroBatchSeedIncrement;
+    FTX_ASSIGN_OR_RETURN(
+        const float loss,
+        AccumulateLossAndGradients(micro, /*training=*/true, dropout_seed));
+    loss_sum += loss;
+  }
+  result.loss =
+      static_cast<float>(loss_sum / static_cast<double>(micro_batches));
+  if (micro_batches > 1) {
+    FTX_RETURN_IF_ERROR(AverageGradients(ctx_, store_, micro_batches));
+  }
   if (config_.clip > 0.0) {
     FTX_ASSIGN_OR_RETURN(result.grad_norm,
                          ClipGradNorm(ctx_, store_, config_.clip));
@@ -789,7 +869,8 @@ absl::Status Trainer::Run(
     const double per_step =
         progress.elapsed_seconds / static_cast<double>(done - first);
     progress.tokens_per_second =
-        static_cast<double>(config_.batch_size * config_.seq_len) /
+        static_cast<double>(config_.accumulation_steps * config_.batch_size *
+                            config_.seq_len) /
         std::max(per_step, 1e-12);
     progress.eta_seconds = per_step * static_cast<double>(config_.steps - done);
     if (on_progress) on_progress(progress);

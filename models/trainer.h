@@ -1,19 +1,28 @@
-// The training loop of a TransformerWrapper language model on a CopyTask or a
-// ByteDataset (models/data.h). One step:
+// The training loop of a TransformerWrapper language model on a CopyTask, a
+// ListOpsTask or a ByteDataset (models/data.h). One step, with
+// k = accumulation_steps micro-batches of B = batch_size sequences:
 //
-//   batch(seed, step) -> Forward (training: dropout seed = f(seed, step))
-//   -> loss = mean cross-entropy over the targets that are not ignored
-//   -> Backward -> ClipGradNorm(clip) -> AdamW with lr = WarmupCosine(step)
+//   batch(seed, step) of k B sequences; for each micro-batch j (rows
+//   j B .. (j + 1) B - 1): Forward (training: dropout seed = f(seed, step, j))
+//   -> loss_j = mean cross-entropy over its targets that are not ignored
+//   -> Backward, gradients accumulated (+=)
+//   -> AverageGradients (1 / k) -> ClipGradNorm(clip)
+//   -> AdamW with lr = WarmupCosine(step); the step's loss is mean_j loss_j
 //
-// which is nanoGPT's train.py loop without gradient accumulation (AdamW with
-// betas (0.9, 0.999), no weight decay on parameters of rank < 2). On a CPU
+// which is nanoGPT's train.py loop (gradient_accumulation_steps, AdamW with
+// betas (0.9, 0.999), no weight decay on parameters of rank < 2). Since the
+// step's data does not depend on k, (B, k) and (k B, 1) see the same
+// sequences, and give the same update (to float rounding) whenever every
+// sequence scores as many positions (true of all three tasks) and there is
+// no dropout. On a CPU
 // context with a fixed thread count the run is deterministic: the same config
 // gives bitwise the same losses and parameters.
 //
 // Evaluation runs eval_batches fixed batches (their own seed, the same at
 // every evaluation; held-out windows for bytes) without dropout and reports
 // the mean loss, the accuracy of the greedy argmax of every scored position
-// under teacher forcing and, for the copy task, the exact-copy accuracy: the
+// under teacher forcing (for ListOps: the answer accuracy) and, for the copy
+// task, the exact-copy accuracy: the
 // fraction of sequences whose copied symbols are all predicted right.
 //
 // A checkpoint in directory D holds everything a run needs to go on as if it
@@ -62,19 +71,25 @@
 
 namespace ftx {
 
-enum class TrainTask { kCopy, kBytes };
+enum class TrainTask { kCopy, kBytes, kListOps };
 
 struct TrainConfig {
-  // num_tokens 0 becomes the task's vocabulary (copy_alphabet + 1 or 256) and
+  // num_tokens 0 becomes the task's vocabulary (copy_alphabet + 1, 256 or 18)
+  // and
   // max_seq_len 0 becomes seq_len; otherwise they must be at least those.
   TransformerConfig model;
   TrainTask task = TrainTask::kCopy;
   int64_t copy_alphabet = 10;      // kCopy: symbols
   std::string data_path;           // kBytes: the file
   double held_out_fraction = 0.1;  // kBytes: the file's tail held out
+  int64_t listops_max_depth = 10;  // kListOps: operator nesting, >= 1
+  int64_t listops_max_args = 10;   // kListOps: arguments per operator, >= 2
+  int64_t listops_max_length = 0;  // kListOps: expression tokens, >= 5;
+                                   // 0: seq_len - 1
   int64_t steps = 1000;            // >= 1 optimizer steps
   int64_t batch_size = 16;         // B >= 1
-  int64_t seq_len = 64;            // T >= 1 (even for the copy task)
+  int64_t seq_len = 64;  // T >= 1 (even for the copy task, >= 6 for ListOps)
+  int64_t accumulation_steps = 1;  // k >= 1 micro-batches per optimizer step
   double lr = 1e-3;                // peak learning rate
   int64_t warmup = 100;            // warm-up steps, < steps
   double min_lr = 1e-4;            // cosine floor, <= lr
@@ -98,6 +113,7 @@ struct StepResult {
 struct EvalResult {
   double loss = 0.0;            // mean over every scored position
   double token_accuracy = 0.0;  // argmax == target over scored positions
+                                // (ListOps: the answer accuracy)
   // Copy task only: sequences whose copied symbols are all right.
   std::optional<double> exact_copy_accuracy;
   int64_t sequences = 0;
@@ -108,7 +124,7 @@ struct TrainProgress {
   StepResult step;
   std::optional<EvalResult> eval;  // set right after an evaluation
   double elapsed_seconds = 0.0;    // wall time of the steps so far
-  double tokens_per_second = 0.0;  // B * T * steps done / elapsed
+  double tokens_per_second = 0.0;  // k * B * T * steps done / elapsed
   double eta_seconds = 0.0;        // remaining steps at the same rate
 };
 
@@ -142,15 +158,17 @@ class Trainer {
   // Steps done so far; the next Step is step number step().
   int64_t step() const { return optimizer_.step(); }
 
-  // The training batch of step `step`.
+  // The training data of step `step`: accumulation_steps * batch_size
+  // sequences (micro-batch j is rows j B .. (j + 1) B - 1).
   absl::StatusOr<TokenBatch> TrainBatch(int64_t step) const;
   // Zeroes the gradients, runs Forward (training with `dropout_seed`, or
-  // not), the mean cross-entropy and Backward: the store's gradients are then
-  // those of the returned loss.
+  // not), the mean cross-entropy and Backward on a [batch_size, seq_len]
+  // batch: the store's gradients are then those of the returned loss.
   absl::StatusOr<float> LossAndGradients(const TokenBatch& batch, bool training,
                                          uint64_t dropout_seed);
-  // One optimizer step on TrainBatch(step()). InvalidArgument (and no update)
-  // when the gradient norm is not finite.
+  // One optimizer step on TrainBatch(step()) as described above; after it
+  // the store's gradients are the (averaged, clipped) ones it applied.
+  // InvalidArgument (and no update) when the gradient norm is not finite.
   absl::StatusOr<StepResult> Step();
   // The evaluation described above (no parameter changes).
   absl::StatusOr<EvalResult> Evaluate();
@@ -175,6 +193,13 @@ class Trainer {
         schedule_(schedule) {}
 
   absl::StatusOr<TokenBatch> EvalBatch(int64_t index) const;
+  // The task's batch of `batch_size` sequences for (seed, step).
+  absl::StatusOr<TokenBatch> TaskBatch(DataSplit split, uint64_t seed,
+                                       uint64_t step, int64_t batch_size) const;
+  // LossAndGradients without zeroing: the batch's gradients are added.
+  absl::StatusOr<float> AccumulateLossAndGradients(const TokenBatch& batch,
+                                                   bool training,
+                                                   uint64_t dropout_seed);
 
   const Context& ctx_;
   TrainConfig config_;
@@ -183,6 +208,7 @@ class Trainer {
   AdamW optimizer_;
   LearningRateSchedule schedule_;
   std::optional<CopyTask> copy_task_;
+  std::optional<ListOpsTask> listops_;
   std::optional<ByteDataset> bytes_;
   std::vector<float> logits_, losses_, d_losses_;
 };

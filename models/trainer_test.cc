@@ -258,6 +258,131 @@ TEST_F(TrainerTest, ByteTaskTrains) {
   EXPECT_TRUE(std::isfinite(eval.loss));
 }
 
+// k micro-batches of B sequences and one batch of k B sequences see the same
+// data (TrainBatch does not depend on k) and, with equal scored counts per
+// sequence and no dropout, give the same loss, averaged gradients and update.
+TEST_F(TrainerTest, AccumulationMatchesOneLargeBatch) {
+  for (const TrainTask task : {TrainTask::kCopy, TrainTask::kListOps}) {
+    TrainConfig large = TinyCopyConfig();
+    large.task = task;
+    large.seq_len = 12;
+    large.batch_size = 6;
+    large.clip = 0.0;
+    TrainConfig accumulated = large;
+    accumulated.batch_size = 2;
+    accumulated.accumulation_steps = 3;
+    std::unique_ptr<Trainer> one = Make(large);
+    std::unique_ptr<Trainer> three = Make(accumulated);
+    ASSERT_NE(one, nullptr);
+    ASSERT_NE(three, nullptr);
+    EXPECT_EQ(one->TrainBatch(0).value().tokens,
+              three->TrainBatch(0).value().tokens);
+    for (int64_t step = 0; step < 2; ++step) {
+      const StepResult a = one->Step().value();
+      const StepResult b = three->Step().value();
+      EXPECT_NEAR(a.loss, b.loss, 2e-6f * std::abs(a.loss)) << "step " << step;
+      EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-5f * a.grad_norm);
+      const float* grads_a = one->params().grads().data();
+      const float* grads_b = three->params().grads().data();
+      float largest = 0.0f;
+      for (int64_t i = 0; i < one->params().NumParams(); ++i) {
+        largest = std::max(largest, std::abs(grads_a[i]));
+      }
+      ASSERT_GT(largest, 0.0f);
+      for (int64_t i = 0; i < one->params().NumParams(); ++i) {
+        ASSERT_NEAR(grads_a[i], grads_b[i], 1e-5f * largest)
+            << "gradient " << i << " at step " << step;
+      }
+    }
+    const float* values_a = one->params().values().data();
+    const float* values_b = three->params().values().data();
+    for (int64_t i = 0; i < one->params().NumParams(); ++i) {
+      ASSERT_NEAR(values_a[i], values_b[i], 1e-5f)
+          << "parameter " << i << " after two steps";
+    }
+  }
+}
+
+TEST_F(TrainerTest, AccumulationLossIsTheMicroBatchMean) {
+  TrainConfig config = TinyCopyConfig();
+  config.accumulation_steps = 2;
+  std::unique_ptr<Trainer> trainer = Make(config);
+  ASSERT_NE(trainer, nullptr);
+  const TokenBatch data = trainer->TrainBatch(0).value();
+  ASSERT_EQ(data.batch, 2 * config.batch_size);
+  const int64_t rows = config.batch_size * config.seq_len;
+  float micro_losses[2];
+  for (int j = 0; j < 2; ++j) {
+    TokenBatch micro;
+    micro.batch = config.batch_size;
+    micro.length = config.seq_len;
+    micro.tokens.assign(data.tokens.begin() + j * rows,
+                        data.tokens.begin() + (j + 1) * rows);
+    micro.targets.assign(data.targets.begin() + j * rows,
+                         data.targets.begin() + (j + 1) * rows);
+    micro_losses[j] = trainer->LossAndGradients(micro, false, 0).value();
+  }
+  EXPECT_NE(micro_losses[0], micro_losses[1]);
+  EXPECT_NEAR(trainer->Step().value().loss,
+              0.5f * (micro_losses[0] + micro_losses[1]), 1e-6f);
+}
+
+TEST_F(TrainerTest, ListOpsTaskTrainsAndScoresAnswersOnly) {
+  TrainConfig config = TinyCopyConfig();
+  config.task = TrainTask::kListOps;
+  config.seq_len = 24;
+  config.listops_max_depth = 3;
+  config.listops_max_args = 4;
+  config.steps = 20;
+  std::unique_ptr<Trainer> trainer = Make(config);
+  ASSERT_NE(trainer, nullptr);
+  EXPECT_EQ(trainer->config().model.num_tokens, ListOpsTask::kVocabSize);
+  const TokenBatch batch = trainer->TrainBatch(0).value();
+  int64_t scored = 0;
+  for (int32_t target : batch.targets) scored += target != kIgnoreTarget;
+  EXPECT_EQ(scored, batch.batch);
+  const std::vector<float> losses = Losses(*trainer, 20);
+  ASSERT_EQ(losses.size(), 20u);
+  for (float loss : losses) EXPECT_TRUE(std::isfinite(loss));
+  // From about ln 18 (uniform over the vocabulary) towards ln 10 or below.
+  EXPECT_LT(losses.back(), losses.front());
+  const EvalResult eval = trainer->Evaluate().value();
+  EXPECT_FALSE(eval.exact_copy_accuracy.has_value());
+  EXPECT_GE(eval.token_accuracy, 0.0);
+  EXPECT_LE(eval.token_accuracy, 1.0);
+  EXPECT_EQ(eval.sequences, config.eval_batches * config.batch_size);
+}
+
+TEST_F(TrainerTest, ListOpsAndAccumulationCheckpointsResume) {
+  TrainConfig config = TinyCopyConfig();
+  config.task = TrainTask::kListOps;
+  config.seq_len = 16;
+  config.listops_max_depth = 2;
+  config.accumulation_steps = 2;
+  config.steps = 4;
+  const std::string dir =
+      std::string(std::getenv("TEST_TMPDIR")) + "/listops_checkpoint";
+  std::unique_ptr<Trainer> first = Make(config);
+  ASSERT_NE(first, nullptr);
+  Losses(*first, 2);
+  ASSERT_TRUE(first->SaveCheckpoint(dir).ok());
+  const CheckpointInfo info = ReadCheckpointInfo(dir).value();
+  EXPECT_EQ(info.train.task, TrainTask::kListOps);
+  EXPECT_EQ(info.train.listops_max_depth, 2);
+  EXPECT_EQ(info.train.accumulation_steps, 2);
+  auto resumed = Trainer::Resume(*ctx_, registry_, config, dir);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ((*resumed)->Step().value().loss, first->Step().value().loss);
+  TrainConfig other = config;
+  other.accumulation_steps = 1;
+  const absl::Status different =
+      Trainer::Resume(*ctx_, registry_, other, dir).status();
+  EXPECT_EQ(different.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(different.message().find("accumulation_steps"),
+            absl::string_view::npos)
+      << different;
+}
+
 TEST_F(TrainerTest, ConfigErrors) {
   auto expect_error = [&](const TrainConfig& config, absl::StatusCode code,
                           const std::string& text) {
@@ -293,6 +418,17 @@ TEST_F(TrainerTest, ConfigErrors) {
   config.task = TrainTask::kBytes;
   config.data_path = std::string(std::getenv("TEST_TMPDIR")) + "/absent.txt";
   expect_error(config, absl::StatusCode::kNotFound, "absent.txt");
+  config = TinyCopyConfig();
+  config.accumulation_steps = 0;
+  expect_error(config, absl::StatusCode::kInvalidArgument,
+               "TrainConfig.accumulation_steps");
+  config = TinyCopyConfig();
+  config.task = TrainTask::kListOps;
+  config.seq_len = 5;
+  expect_error(config, absl::StatusCode::kInvalidArgument, "seq_len");
+  config.seq_len = 16;
+  config.listops_max_depth = 0;
+  expect_error(config, absl::StatusCode::kInvalidArgument, "max_depth");
 }
 
 std::string TestDir(const std::string& name) {

@@ -158,5 +158,34 @@ expect_generate_error '--seed needs a value' --seed
 expect_generate_error 'unknown argument "--bogus"' --bogus
 "$ftx" help | grep -q "generate \[flags\]" || fail "help does not mention generate"
 
+# ftx train --task listops with gradient accumulation; bad --task/--accumulate.
+train=$("$ftx" train --task listops --accumulate 2 --steps 2 --seed 1) ||
+  fail "ftx train --task listops exited non-zero"
+grep -q "on ListOps (depth <= 4" <<<"$train" || fail "listops train header: $train"
+grep -qE "^final answer accuracy: [0-9.]+ % of [0-9]+ expressions$" <<<"$train" ||
+  fail "listops final accuracy: $train"
+"$ftx" train --task copy --steps 1 >/dev/null || fail "ftx train --task copy exited non-zero"
+"$ftx" train --task sorting --steps 1 2>"$TEST_TMPDIR/err"
+[[ $? -eq 2 ]] && grep -q 'task expects copy or listops, got "sorting"' "$TEST_TMPDIR/err" ||
+  fail "train --task sorting: $(cat "$TEST_TMPDIR/err")"
+"$ftx" train --accumulate 0 --steps 1 2>"$TEST_TMPDIR/err"
+[[ $? -eq 2 ]] && grep -q -- '--accumulate expects an integer >= 1' "$TEST_TMPDIR/err" ||
+  fail "train --accumulate 0: $(cat "$TEST_TMPDIR/err")"
+
+# ftx bench: a tiny table (one row per mechanism, ratio 1.00 for full), an
+# unknown mechanism's error in its row, bad flags.
+bench=$("$ftx" bench --lengths 32 --attention full,linear,no-such --repeats 2 --backward) ||
+  fail "ftx bench exited non-zero"
+grep -q "^attention Forward + Backward: N=1 H=8 E=D=64" <<<"$bench" || fail "bench header: $bench"
+grep -qE "^mechanism +L +median ms +vs full$" <<<"$bench" || fail "bench column header: $bench"
+grep -qE "^full +32 +[0-9.]+ +1\.00$" <<<"$bench" || fail "bench full row: $bench"
+grep -qE "^linear +32 +[0-9.]+ +[0-9.]+$" <<<"$bench" || fail "bench linear row: $bench"
+grep -qE '^no-such +32  error: unknown attention type "no-such"' <<<"$bench" ||
+  fail "bench error row: $bench"
+"$ftx" bench --lengths 0 2>"$TEST_TMPDIR/err"
+[[ $? -eq 2 ]] && grep -q -- '--lengths expects comma-separated integers >= 1' "$TEST_TMPDIR/err" ||
+  fail "bench --lengths 0: $(cat "$TEST_TMPDIR/err")"
+"$ftx" help | grep -q "bench \[flags\]" || fail "help does not mention bench"
+
 [[ $failures -eq 0 ]] && echo "ftx CLI: all checks passed"
 exit $failures

@@ -14,15 +14,19 @@
 //   ftx generate [flags]    samples a continuation of a prompt from a
 //   checkpoint
 //                           written by 'ftx train --out DIR'
+//   ftx bench [flags]       times Forward (and Backward) of attention
+//                           mechanisms at several lengths against "full"
 //
 // Errors go to stderr with a non-zero exit status; nothing here aborts on user
 // input.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -32,9 +36,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "attention/attention.h"
+#include "attention/builder.h"
 #include "attention/builtin.h"
+#include "attention/mask.h"
 #include "attention/registry.h"
 #include "kernels/base/context.h"
+#include "kernels/base/status_macros.h"
 #include "models/generate.h"
 #include "models/safetensors.h"
 #include "models/trainer.h"
@@ -58,6 +66,17 @@ constexpr char kUsage[] =
     "attention list')\n"
     "                      --data FILE        byte-level LM on FILE instead of "
     "the copy task\n"
+    "                      --task NAME        copy (default) or listops "
+    "(ListOps "
+    "of Long\n"
+    "                                         Range Arena: nested "
+    "MAX/MIN/MED/SM "
+    "expressions,\n"
+    "                                         the answer after a separator is "
+    "scored)\n"
+    "                      --accumulate K     K micro-batches per optimizer "
+    "step "
+    "(default 1)\n"
     "                      --out DIR          write a resumable checkpoint "
     "(models/trainer.h)\n"
     "                      --config FILE      JSON TransformerConfig "
@@ -90,6 +109,21 @@ constexpr char kUsage[] =
     "                      --seed N           sampling seed (default 0)\n"
     "                      --greedy           take the most likely token every "
     "step\n"
+    "  bench [flags]     median time of attention Forward (and Backward) on "
+    "random\n"
+    "                    [N, L, H, E] inputs, and the ratio to \"full\"; "
+    "flags:\n"
+    "                      --attention A,B,.. mechanisms (default full,linear,"
+    "causal-linear,\n"
+    "                                         favor,local,reformer,clustered)\n"
+    "                      --lengths L1,L2,.. sequence lengths (default "
+    "256,1024,4096)\n"
+    "                      --heads H          heads (default 8)\n"
+    "                      --dim-head E       query/key/value dimension "
+    "(default 64)\n"
+    "                      --batch N          batch size (default 1)\n"
+    "                      --repeats R        timed runs per cell (default 5)\n"
+    "                      --backward         time Forward + Backward\n"
     "  help              show this message\n";
 
 absl::Status AttentionList() {
@@ -209,12 +243,13 @@ absl::Status Train(const std::vector<std::string>& flags) {
   TrainConfig config = DefaultTrainConfig();
   std::string attention, config_path, resume_dir;
   std::optional<uint64_t> seed;
+  std::optional<TrainTask> task_flag;
   bool steps_given = false;
   for (size_t i = 0; i < flags.size(); ++i) {
     const std::string& flag = flags[i];
     if (flag != "--steps" && flag != "--attention" && flag != "--data" &&
         flag != "--out" && flag != "--config" && flag != "--seed" &&
-        flag != "--resume") {
+        flag != "--resume" && flag != "--task" && flag != "--accumulate") {
       return absl::InvalidArgumentError(absl::StrCat(
           "train: unknown argument \"", flag, "\"; run 'ftx help'"));
     }
@@ -241,6 +276,21 @@ absl::Status Train(const std::vector<std::string>& flags) {
     } else if (flag == "--data") {
       config.task = TrainTask::kBytes;
       config.data_path = value;
+    } else if (flag == "--task") {
+      if (value == "copy") {
+        task_flag = TrainTask::kCopy;
+      } else if (value == "listops") {
+        task_flag = TrainTask::kListOps;
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "train: --task expects copy or listops, got \"", value, "\""));
+      }
+    } else if (flag == "--accumulate") {
+      if (absl::Status status =
+              ParseCount(flag, value, 1, config.accumulation_steps);
+          !status.ok()) {
+        return status;
+      }
     } else if (flag == "--out") {
       config.out_dir = value;
     } else if (flag == "--resume") {
@@ -248,6 +298,21 @@ absl::Status Train(const std::vector<std::string>& flags) {
     } else {
       config_path = value;
     }
+  }
+  if (task_flag.has_value()) {
+    if (config.task == TrainTask::kBytes) {
+      return absl::InvalidArgumentError(
+          "train: --task and --data exclude each other (--data trains a "
+          "byte-level model)");
+    }
+    config.task = *task_flag;
+  }
+  if (config.task == TrainTask::kListOps) {
+    // The expressions need the whole sequence: not the copy task's causal
+    // decoder of T = 64 but T = 128 (expressions of up to 127 tokens, depth
+    // 4 as a small stand-in for LRA's 10 and 2000 tokens).
+    config.seq_len = 128;
+    config.listops_max_depth = 4;
   }
   if (!config_path.empty()) {
     std::ifstream file(config_path);
@@ -307,7 +372,7 @@ absl::Status Train(const std::vector<std::string>& flags) {
   std::printf(
       "training %s decoder (dim %lld, depth %lld, heads %lld, %lld parameters) "
       "on %s, "
-      "%lld steps of %lld x %lld tokens, %d threads\n",
+      "%lld steps of %lld x %lld tokens%s, %d threads\n",
       c.model.attention.c_str(), static_cast<long long>(c.model.dim),
       static_cast<long long>(c.model.depth),
       static_cast<long long>(c.model.heads),
@@ -315,9 +380,17 @@ absl::Status Train(const std::vector<std::string>& flags) {
       c.task == TrainTask::kCopy
           ? absl::StrCat("the copy task (", c.copy_alphabet, " symbols)")
                 .c_str()
+      : c.task == TrainTask::kListOps
+          ? absl::StrCat("ListOps (depth <= ", c.listops_max_depth,
+                         ", <= ", c.listops_max_args, " arguments)")
+                .c_str()
           : absl::StrCat("bytes of ", c.data_path).c_str(),
       static_cast<long long>(c.steps), static_cast<long long>(c.batch_size),
-      static_cast<long long>(c.seq_len), (*ctx)->num_threads());
+      static_cast<long long>(c.seq_len),
+      c.accumulation_steps > 1
+          ? absl::StrCat(" x ", c.accumulation_steps, " micro-batches").c_str()
+          : "",
+      (*ctx)->num_threads());
   if (!resume_dir.empty()) {
     std::printf("resuming from %s at step %lld\n", resume_dir.c_str(),
                 static_cast<long long>((*trainer)->step()));
@@ -358,6 +431,10 @@ absl::Status Train(const std::vector<std::string>& flags) {
     std::printf("final exact-copy accuracy: %.2f %% of %lld sequences\n",
                 100.0 * *last_eval->exact_copy_accuracy,
                 static_cast<long long>(last_eval->sequences));
+  } else if (last_eval.has_value() && c.task == TrainTask::kListOps) {
+    std::printf("final answer accuracy: %.2f %% of %lld expressions\n",
+                100.0 * last_eval->token_accuracy,
+                static_cast<long long>(last_eval->sequences));
   } else if (last_eval.has_value()) {
     std::printf("final held-out loss: %.4f (%.4f bits per byte)\n",
                 last_eval->loss, last_eval->loss / 0.6931471805599453);
@@ -393,6 +470,8 @@ absl::Status EvalCommand(const std::vector<std::string>& flags) {
   if (result->exact_copy_accuracy.has_value()) {
     std::printf("  exact-copy accuracy %.2f %%",
                 100.0 * *result->exact_copy_accuracy);
+  } else if (info->train.task == TrainTask::kListOps) {
+    std::printf("  (ListOps: the answer accuracy)");
   } else {
     std::printf("  %.4f bits per byte", result->loss / std::log(2.0));
   }
@@ -529,6 +608,195 @@ absl::Status GenerateCommand(const std::vector<std::string>& flags) {
   return absl::OkStatus();
 }
 
+struct BenchOptions {
+  std::vector<std::string> mechanisms = {"full",     "linear", "causal-linear",
+                                         "favor",    "local",  "reformer",
+                                         "clustered"};
+  std::vector<int64_t> lengths = {256, 1024, 4096};
+  int64_t heads = 8;
+  int64_t dim_head = 64;
+  int64_t batch = 1;
+  int64_t repeats = 5;
+  bool backward = false;
+};
+
+absl::Status BenchFlagError(const std::string& flag, const char* expected,
+                            const std::string& text) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "bench: ", flag, " expects ", expected, ", got \"", text, "\""));
+}
+
+absl::StatusOr<BenchOptions> ParseBenchFlags(
+    const std::vector<std::string>& flags) {
+  BenchOptions options;
+  for (size_t i = 0; i < flags.size(); ++i) {
+    const std::string& flag = flags[i];
+    if (flag == "--backward") {
+      options.backward = true;
+      continue;
+    }
+    if (flag != "--attention" && flag != "--lengths" && flag != "--heads" &&
+        flag != "--dim-head" && flag != "--batch" && flag != "--repeats") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bench: unknown argument \"", flag, "\"; run 'ftx help'"));
+    }
+    if (i + 1 == flags.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bench: ", flag, " needs a value"));
+    }
+    const std::string& value = flags[++i];
+    if (flag == "--attention") {
+      options.mechanisms = absl::StrSplit(value, ',', absl::SkipWhitespace());
+      if (options.mechanisms.empty()) {
+        return BenchFlagError(flag, "comma-separated mechanism names", value);
+      }
+    } else if (flag == "--lengths") {
+      options.lengths.clear();
+      for (absl::string_view item : absl::StrSplit(value, ',')) {
+        int64_t length = 0;
+        if (!absl::SimpleAtoi(item, &length) || length < 1) {
+          return BenchFlagError(flag, "comma-separated integers >= 1", value);
+        }
+        options.lengths.push_back(length);
+      }
+    } else {
+      int64_t number = 0;
+      if (!absl::SimpleAtoi(value, &number) || number < 1) {
+        return BenchFlagError(flag, "an integer >= 1", value);
+      }
+      if (flag == "--heads") {
+        options.heads = number;
+      } else if (flag == "--dim-head") {
+        options.dim_head = number;
+      } else if (flag == "--batch") {
+        options.batch = number;
+      } else {
+        options.repeats = number;
+      }
+    }
+  }
+  return options;
+}
+
+// The median wall time in milliseconds of `repeats` runs of one mechanism at
+// one length (after one untimed warm-up run), or the first error.
+absl::StatusOr<double> TimeAttention(const Context& ctx,
+                                     const AttentionRegistry& registry,
+                                     const std::string& mechanism,
+                                     int64_t length,
+                                     const BenchOptions& options) {
+  AttentionBuilder builder(registry);
+  // fast-transformers' benchmark settings: a 64-token local window and 100
+  // clusters (never more than there are keys); dropout off.
+  for (const auto& [name, value] :
+       {std::pair<const char*, OptionValue>{"local_context", int64_t{64}},
+        {"clusters", std::min<int64_t>(100, length)},
+        {"attention_dropout", 0.0}}) {
+    FTX_RETURN_IF_ERROR(builder.Set(name, value));
+  }
+  FTX_ASSIGN_OR_RETURN(std::unique_ptr<Attention> attention,
+                       builder.Build(mechanism));
+  const Shape shape{options.batch, length, options.heads, options.dim_head};
+  const int64_t size =
+      options.batch * length * options.heads * options.dim_head;
+  std::vector<float> queries(size), keys(size), values(size), out(size),
+      d_out(size), d_queries(size), d_keys(size), d_values(size);
+  std::mt19937 generator(static_cast<uint32_t>(length));
+  std::normal_distribution<float> normal;
+  for (std::vector<float>* data : {&queries, &keys, &values, &d_out}) {
+    for (float& x : *data) x = normal(generator);
+  }
+  AttentionInputs inputs;
+  inputs.queries = TensorView<const float>(queries.data(), shape);
+  inputs.keys = TensorView<const float>(keys.data(), shape);
+  inputs.values = TensorView<const float>(values.data(), shape);
+  if (mechanism.find("causal") != std::string::npos) {
+    inputs.attn_mask = AttnMask::Causal();
+  }
+  const AttentionGrads grads{
+      .d_queries = TensorView<float>(d_queries.data(), shape),
+      .d_keys = TensorView<float>(d_keys.data(), shape),
+      .d_values = TensorView<float>(d_values.data(), shape)};
+  AttentionCache cache;
+  std::vector<double> times;
+  for (int64_t run = 0; run <= options.repeats; ++run) {
+    const auto start = std::chrono::steady_clock::now();
+    FTX_RETURN_IF_ERROR(
+        attention->Forward(ctx, inputs, TensorView<float>(out.data(), shape),
+                           options.backward ? &cache : nullptr));
+    if (options.backward) {
+      FTX_RETURN_IF_ERROR(attention->Backward(
+          ctx, inputs, cache, TensorView<const float>(d_out.data(), shape),
+          grads));
+    }
+    const double ms = std::chrono::duration<double, std::milli>(
+                          std::chrono::steady_clock::now() - start)
+                          .count();
+    if (run > 0) times.push_back(ms);
+  }
+  std::sort(times.begin(), times.end());
+  const size_t n = times.size();
+  return n % 2 == 1 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
+}
+
+// 'ftx bench': a table of median times per mechanism and length, with the
+// ratio to "full" at the same length; a mechanism that cannot be built or
+// run at a length shows its error instead.
+absl::Status BenchCommand(const std::vector<std::string>& flags) {
+  absl::StatusOr<BenchOptions> options = ParseBenchFlags(flags);
+  if (!options.ok()) return options.status();
+  absl::StatusOr<std::unique_ptr<Context>> ctx = Context::Create();
+  if (!ctx.ok()) return ctx.status();
+  AttentionRegistry registry;
+  if (absl::Status status = RegisterBuiltinAttentions(registry); !status.ok()) {
+    return status;
+  }
+  std::printf(
+      "attention %s: N=%lld H=%lld E=D=%lld, median of %lld runs (after a "
+      "warm-up), %d threads; \"causal*\" mechanisms run with a causal mask\n",
+      options->backward ? "Forward + Backward" : "Forward",
+      static_cast<long long>(options->batch),
+      static_cast<long long>(options->heads),
+      static_cast<long long>(options->dim_head),
+      static_cast<long long>(options->repeats), (*ctx)->num_threads());
+  int name_width = 9;
+  for (const std::string& name : options->mechanisms) {
+    name_width = std::max(name_width, static_cast<int>(name.size()));
+  }
+  std::printf("%-*s  %6s  %10s  %8s\n", name_width, "mechanism", "L",
+              "median ms", "vs full");
+  for (const int64_t length : options->lengths) {
+    std::optional<double> full_ms;
+    const bool full_listed =
+        std::find(options->mechanisms.begin(), options->mechanisms.end(),
+                  "full") != options->mechanisms.end();
+    if (full_listed) {
+      absl::StatusOr<double> full =
+          TimeAttention(**ctx, registry, "full", length, *options);
+      if (full.ok()) full_ms = *full;
+    }
+    for (const std::string& name : options->mechanisms) {
+      absl::StatusOr<double> ms =
+          name == "full" && full_ms.has_value()
+              ? absl::StatusOr<double>(*full_ms)
+              : TimeAttention(**ctx, registry, name, length, *options);
+      if (!ms.ok()) {
+        std::printf("%-*s  %6lld  error: %s\n", name_width, name.c_str(),
+                    static_cast<long long>(length),
+                    std::string(ms.status().message()).c_str());
+      } else if (full_ms.has_value()) {
+        std::printf("%-*s  %6lld  %10.3f  %8.2f\n", name_width, name.c_str(),
+                    static_cast<long long>(length), *ms, *ms / *full_ms);
+      } else {
+        std::printf("%-*s  %6lld  %10.3f  %8s\n", name_width, name.c_str(),
+                    static_cast<long long>(length), *ms, "-");
+      }
+      std::fflush(stdout);
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Run(const std::vector<std::string>& args) {
   if (args.empty() || args[0] == "help" || args[0] == "--help" ||
       args[0] == "-h") {
@@ -549,6 +817,9 @@ absl::Status Run(const std::vector<std::string>& args) {
   if (args[0] == "generate") {
     return GenerateCommand(
         std::vector<std::string>(args.begin() + 1, args.end()));
+  }
+  if (args[0] == "bench") {
+    return BenchCommand(std::vector<std::string>(args.begin() + 1, args.end()));
   }
   if (args[0] == "train") {
     return Train(std::vector<std::string>(args.begin() + 1, args.end()));
