@@ -85,6 +85,67 @@ absl::Status ValidateSampling(const SamplingOptions& s) {
   return absl::OkStatus();
 }
 
+// Samples row b's next token from `row` [V] (draw number generated[b].size()
+// of its Philox stream) and appends it; returns whether row b goes on.
+absl::StatusOr<bool> EmitToken(const GenerateOptions& options, int64_t b,
+                               const float* row, int64_t vocab,
+                               std::vector<std::vector<int32_t>>& sequences,
+                               std::vector<std::vector<int32_t>>& generated,
+                               std::vector<float>& row_logits) {
+  std::copy(row, row + vocab, row_logits.begin());
+  const float uniform =
+      RandomUniform(options.seed, options.stream + b,
+                    static_cast<uint64_t>(generated[b].size()));
+  FTX_ASSIGN_OR_RETURN(const int32_t token,
+                       SampleToken(options.sampling, sequences[b], uniform,
+                                   absl::MakeSpan(row_logits)));
+  sequences[b].push_back(token);
+  generated[b].push_back(token);
+  const bool stopped =
+      options.eos_token.has_value() && token == *options.eos_token;
+  return !stopped &&
+         static_cast<int64_t>(generated[b].size()) < options.max_new_tokens;
+}
+
+// The step-wise loop: position t feeds token t of every row (a placeholder
+// for rows already done) and samples for the rows whose last token that was.
+absl::Status GenerateByStepping(const Context& ctx, TransformerWrapper& model,
+                                ParamStore& store,
+                                const GenerateOptions& options,
+                                std::vector<std::vector<int32_t>>& sequences,
+                                std::vector<std::vector<int32_t>>& generated) {
+  const int64_t batch = static_cast<int64_t>(sequences.size());
+  const int64_t vocab = model.config().num_tokens;
+  FTX_ASSIGN_OR_RETURN(DecodeState state, model.NewDecodeState(batch));
+  std::vector<bool> active(batch, options.max_new_tokens > 0);
+  int64_t remaining = options.max_new_tokens > 0 ? batch : 0;
+  std::vector<int32_t> column(batch);
+  std::vector<float> logits(batch * vocab);
+  std::vector<float> row_logits(vocab);
+  for (int64_t t = 0; remaining > 0; ++t) {
+    for (int64_t b = 0; b < batch; ++b) {
+      const bool fed = t < static_cast<int64_t>(sequences[b].size());
+      column[b] = fed ? sequences[b][t] : 0;
+    }
+    FTX_RETURN_IF_ERROR(model.Step(
+        ctx, store, TensorView<const int32_t>(column.data(), {batch}), state,
+        TensorView<float>(logits.data(), {batch, vocab})));
+    for (int64_t b = 0; b < batch; ++b) {
+      if (!active[b] || t + 1 != static_cast<int64_t>(sequences[b].size())) {
+        continue;
+      }
+      FTX_ASSIGN_OR_RETURN(const bool goes_on,
+                           EmitToken(options, b, logits.data() + b * vocab,
+                                     vocab, sequences, generated, row_logits));
+      if (!goes_on) {
+        active[b] = false;
+        --remaining;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int64_t TopKFromThreshold(double thres, int64_t vocab, TopKRounding rounding) {
@@ -260,6 +321,28 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
   }
 
   std::vector<std::vector<int32_t>> generated(batch);
+  int64_t positions_needed = 0;
+  for (const std::vector<int32_t>& sequence : sequences) {
+    positions_needed = std::max<int64_t>(
+        positions_needed, static_cast<int64_t>(sequence.size()) +
+                              std::max<int64_t>(options.max_new_tokens - 1, 0));
+  }
+  const bool fits = positions_needed <= max_seq_len;
+  if (options.decode == DecodeMode::kStep) {
+    FTX_RETURN_IF_ERROR(model.StepSupport());
+    if (!fits) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "Generate: step-wise decoding needs prompt + max_new_tokens - 1 = ",
+          positions_needed, " positions, more than max_seq_len ", max_seq_len));
+    }
+  }
+  if (options.decode == DecodeMode::kStep ||
+      (options.decode == DecodeMode::kAuto && fits &&
+       model.StepSupport().ok())) {
+    FTX_RETURN_IF_ERROR(
+        GenerateByStepping(ctx, model, store, options, sequences, generated));
+    return generated;
+  }
   std::vector<int64_t> active;
   if (options.max_new_tokens > 0) {
     active.resize(batch);
@@ -267,7 +350,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
   }
   std::vector<int32_t> window_tokens;
   std::vector<float> row_logits(vocab);
-  for (int64_t step = 0; !active.empty(); ++step) {
+  while (!active.empty()) {
     // The active sequences' windows, left-aligned in [A, W].
     const int64_t rows = static_cast<int64_t>(active.size());
     LengthMask window_lengths;
@@ -303,20 +386,10 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
       const int64_t b = active[r];
       const int64_t last = window_lengths.Length(r, width) - 1;
       const float* row = logits.data<float>() + (r * width + last) * vocab;
-      std::copy(row, row + vocab, row_logits.begin());
-      const float uniform = RandomUniform(options.seed, options.stream + b,
-                                          static_cast<uint64_t>(step));
-      FTX_ASSIGN_OR_RETURN(const int32_t token,
-                           SampleToken(options.sampling, sequences[b], uniform,
-                                       absl::MakeSpan(row_logits)));
-      sequences[b].push_back(token);
-      generated[b].push_back(token);
-      const bool stopped =
-          options.eos_token.has_value() && token == *options.eos_token;
-      if (!stopped &&
-          static_cast<int64_t>(generated[b].size()) < options.max_new_tokens) {
-        still_active.push_back(b);
-      }
+      FTX_ASSIGN_OR_RETURN(
+          const bool goes_on,
+          EmitToken(options, b, row, vocab, sequences, generated, row_logits));
+      if (goes_on) still_active.push_back(b);
     }
     active = std::move(still_active);
   }

@@ -11,10 +11,20 @@
 //          | sample from softmax(logits / temperature)        (otherwise)
 //
 // and a sequence stops after max_new_tokens tokens or right after it emits
-// the eos token. The model's whole forward is re-run on the window at every
-// step (O(T^2) per sequence), which is exact for every attention mechanism,
-// causal or not: the window starts at position 0, as the references' cut
-// `x[:, -max_seq_len:]` does.
+// the eos token. Two ways to get the logits (GenerateOptions.decode):
+//  - re-run: the model's whole forward is re-run on the window at every step
+//    (O(T^2) per sequence), which is exact for every attention mechanism,
+//    causal or not: the window starts at position 0, as the references' cut
+//    `x[:, -max_seq_len:]` does;
+//  - step: TransformerWrapper::Step (models/transformer.h) feeds each prompt
+//    token once (prefill, one position per call; rows in lockstep, a shorter
+//    prompt starts generating while longer ones still prefill), then one Step
+//    per new token: O(T) per sequence for a KV cache, O(1) per token for
+//    linear attention's running sums. It needs a decoder the model can step
+//    (StepSupport) and every sequence to fit in max_seq_len (prompt +
+//    max_new_tokens - 1 positions, as the window never slides then), where
+//    its tokens are those of the re-run form up to float rounding.
+// kAuto takes the step form when both hold, else re-runs.
 //
 // Filters (on one row of V logits; removed tokens become -inf):
 //   TopK(k)            keeps the k largest logits (ties: the lower index
@@ -126,8 +136,16 @@ absl::StatusOr<int32_t> SampleToken(const SamplingOptions& options,
                                     absl::Span<const int32_t> context,
                                     float uniform, absl::Span<float> logits);
 
+// How Generate computes each step's logits (see the top of this file).
+enum class DecodeMode {
+  kAuto,   // step-wise when the model and lengths allow it, else re-run
+  kStep,   // step-wise; InvalidArgument when the model or lengths do not allow
+  kRerun,  // the whole forward on the window at every step
+};
+
 struct GenerateOptions {
-  int64_t max_new_tokens = 32;       // >= 0 per sequence
+  int64_t max_new_tokens = 32;  // >= 0 per sequence
+  DecodeMode decode = DecodeMode::kAuto;
   std::optional<int32_t> eos_token;  // stop right after emitting it
   SamplingOptions sampling;
   uint64_t seed = 0;    // Philox key of the draws

@@ -538,3 +538,126 @@ TEST(LoadGenerationModelTest, MissingOrCorruptCheckpointsAreErrors) {
 
 }  // namespace
 }  // namespace ftx
+
+namespace ftx {
+namespace {
+
+// The step form against the re-run form on random decoders: ragged prompts,
+// greedy and sampled, eos.
+TEST_F(GenerateTest, SteppingEqualsRerunning) {
+  for (const char* attention : {"full", "causal-linear"}) {
+    SCOPED_TRACE(attention);
+    MakeModel(attention, 16);
+    ASSERT_TRUE(model_->StepSupport().ok()) << model_->StepSupport();
+    const std::vector<std::vector<int32_t>> prompts = {
+        {1, 4, 2}, {5}, {0, 3, 3, 6, 2}};
+    for (bool greedy : {true, false}) {
+      GenerateOptions options;
+      options.max_new_tokens = 8;
+      options.sampling.greedy = greedy;
+      options.seed = 11;
+      options.eos_token = 6;
+      options.decode = DecodeMode::kRerun;
+      const auto rerun = Run(prompts, options);
+      options.decode = DecodeMode::kStep;
+      const auto stepped = Run(prompts, options);
+      options.decode = DecodeMode::kAuto;
+      const auto automatic = Run(prompts, options);
+      EXPECT_EQ(stepped, rerun) << "greedy " << greedy;
+      EXPECT_EQ(automatic, rerun) << "greedy " << greedy;
+      ASSERT_EQ(rerun.size(), 3u);
+      EXPECT_FALSE(rerun[1].empty());
+    }
+  }
+}
+
+TEST_F(GenerateTest, StepModeErrorsAndAutoFallsBack) {
+  MakeModel("full", 6);
+  GenerateOptions options;
+  options.max_new_tokens = 5;
+  options.sampling.greedy = true;
+  const std::vector<int32_t> prompt = {1, 2, 3};
+  const TensorView<const int32_t> prompts(prompt.data(), {1, 3});
+  // 3 + 5 - 1 = 7 positions > max_seq_len 6: only the sliding re-run fits.
+  options.decode = DecodeMode::kStep;
+  const auto too_long =
+      Generate(*ctx_, *model_, *store_, prompts, LengthMask(), options);
+  ASSERT_FALSE(too_long.ok());
+  EXPECT_EQ(too_long.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(too_long.status().message().find("max_seq_len"), std::string::npos)
+      << too_long.status();
+  options.decode = DecodeMode::kAuto;
+  const auto automatic =
+      Generate(*ctx_, *model_, *store_, prompts, LengthMask(), options);
+  options.decode = DecodeMode::kRerun;
+  const auto rerun =
+      Generate(*ctx_, *model_, *store_, prompts, LengthMask(), options);
+  ASSERT_TRUE(automatic.ok() && rerun.ok());
+  EXPECT_EQ(*automatic, *rerun);
+  // 3 + 4 - 1 = 6 positions fit.
+  options.max_new_tokens = 4;
+  options.decode = DecodeMode::kStep;
+  const auto fits =
+      Generate(*ctx_, *model_, *store_, prompts, LengthMask(), options);
+  ASSERT_TRUE(fits.ok()) << fits.status();
+  EXPECT_EQ((*fits)[0].size(), 4u);
+
+  // An encoder has no step form: kStep says why, kAuto re-runs.
+  TransformerConfig config = model_->config();
+  config.causal = false;
+  auto encoder = TransformerWrapper::Create(config, registry_);
+  ASSERT_TRUE(encoder.ok());
+  options.decode = DecodeMode::kStep;
+  const auto refused =
+      Generate(*ctx_, **encoder, *store_, prompts, LengthMask(), options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("not causal"), std::string::npos)
+      << refused.status();
+  options.decode = DecodeMode::kAuto;
+  EXPECT_TRUE(
+      Generate(*ctx_, **encoder, *store_, prompts, LengthMask(), options).ok());
+}
+
+// A model trained on the copy task generates the same greedy tokens step-wise
+// as by re-running, and copies.
+TEST(GenerateCopyTaskTest, SteppingEqualsRerunningOnATrainedModel) {
+  auto ctx = Context::Create({.num_threads = 2}).value();
+  AttentionRegistry registry;
+  ASSERT_TRUE(RegisterBuiltinAttentions(registry).ok());
+  const TrainConfig config = CopyConfig();
+  auto trainer = Trainer::Create(*ctx, registry, config);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  for (int64_t i = 0; i < config.steps; ++i) {
+    ASSERT_TRUE((*trainer)->Step().ok());
+  }
+  const int64_t n = config.seq_len / 2;
+  const CopyTask task = CopyTask::Create(config.copy_alphabet).value();
+  const TokenBatch batch =
+      task.Batch(/*seed=*/7, 0, 16, config.seq_len).value();
+  const TensorView<const int32_t> prompts(
+      batch.tokens.data(), {batch.batch, n + 1}, {config.seq_len, 1});
+  ASSERT_TRUE((*trainer)->model().StepSupport().ok());
+  GenerateOptions options;
+  options.max_new_tokens = n;
+  options.sampling.greedy = true;
+  options.decode = DecodeMode::kRerun;
+  const auto rerun = Generate(*ctx, (*trainer)->model(), (*trainer)->params(),
+                              prompts, LengthMask(), options);
+  options.decode = DecodeMode::kStep;
+  const auto stepped = Generate(*ctx, (*trainer)->model(), (*trainer)->params(),
+                                prompts, LengthMask(), options);
+  ASSERT_TRUE(rerun.ok() && stepped.ok());
+  EXPECT_EQ(*stepped, *rerun);
+  int copied = 0;
+  for (int64_t b = 0; b < batch.batch; ++b) {
+    const std::vector<int32_t> symbols(
+        batch.tokens.begin() + b * config.seq_len,
+        batch.tokens.begin() + b * config.seq_len + n);
+    copied += (*stepped)[b] == symbols;
+  }
+  EXPECT_GE(copied, 15) << "of " << batch.batch;
+}
+
+}  // namespace
+}  // namespace ftx

@@ -1,12 +1,16 @@
 #include "models/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <optional>
+#include <string>
 #include <utility>
+#include <variant>
 
 #include "absl/strings/str_cat.h"
 #include "attention/builder.h"
+#include "attention/favor.h"
 #include "attention/rotary.h"
 #include "kernels/base/rng.h"
 #include "kernels/base/status_macros.h"
@@ -158,6 +162,10 @@ struct AttentionLayers::Sublayer {
   std::optional<RMSNorm> rms_norm;
   std::optional<ScaleNorm> scale_norm;
   std::unique_ptr<AttentionLayer> attention;
+  // Step-wise form of a self-attention sublayer and its rotary, when the stack
+  // can decode step-wise.
+  std::unique_ptr<RecurrentAttention> recurrent;
+  std::optional<RotaryEmbedding> step_rotary;
   std::optional<FeedForward> feed_forward;
   std::optional<ReZero> rezero;
 
@@ -282,12 +290,12 @@ AttentionLayers::~AttentionLayers() = default;
 
 namespace {
 
-// Builds the inner mechanism `type` with the config's options; a mechanism
-// with a "causal" option gets `causal` unless the options set it.
-absl::StatusOr<std::unique_ptr<Attention>> BuildMechanism(
-    const TransformerConfig& config, const AttentionRegistry& registry,
-    const std::string& type, bool causal) {
-  AttentionBuilder builder(registry);
+// Sets the config's options on `builder`; a mechanism `type` with a "causal"
+// option gets `causal` unless the options set it.
+absl::Status ConfigureBuilder(const TransformerConfig& config,
+                              const AttentionRegistry& registry,
+                              const std::string& type, bool causal,
+                              AttentionBuilder& builder) {
   for (const auto& [name, value] : config.attention_options) {
     FTX_RETURN_IF_ERROR(builder.Set(name, value));
   }
@@ -299,7 +307,62 @@ absl::StatusOr<std::unique_ptr<Attention>> BuildMechanism(
       }
     }
   }
+  return absl::OkStatus();
+}
+
+// Builds the inner mechanism `type` (see ConfigureBuilder).
+absl::StatusOr<std::unique_ptr<Attention>> BuildMechanism(
+    const TransformerConfig& config, const AttentionRegistry& registry,
+    const std::string& type, bool causal) {
+  AttentionBuilder builder(registry);
+  FTX_RETURN_IF_ERROR(
+      ConfigureBuilder(config, registry, type, causal, builder));
   return builder.Build(type);
+}
+
+absl::Status NoStepForm(absl::string_view why) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("TransformerWrapper: no step-wise decoding: ", why));
+}
+
+// OK when the config's stack shape allows step-wise decoding (the mechanism
+// is checked by building its recurrent form).
+absl::Status StepShapeSupport(const TransformerConfig& config) {
+  if (!config.causal) {
+    return NoStepForm("the stack is not causal (an encoder)");
+  }
+  if (config.cross_attend) {
+    return NoStepForm("cross_attend stacks are not supported");
+  }
+  if (config.attn_num_mem_kv > 0) {
+    return NoStepForm("persistent memory key/values (attn_num_mem_kv = " +
+                      std::to_string(config.attn_num_mem_kv) +
+                      ") are not supported");
+  }
+  if (config.attention == "favor") {
+    const auto it = config.attention_options.find("key_stabilizer");
+    const std::string* stabilizer = it == config.attention_options.end()
+                                        ? nullptr
+                                        : std::get_if<std::string>(&it->second);
+    if (stabilizer == nullptr || *stabilizer != "zero") {
+      return NoStepForm(
+          "\"favor\" decodes only with key_stabilizer = \"zero\" (the "
+          "sequence-max stabiliser looks at future keys)");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The recurrent form of the self-attention mechanism, or why there is none.
+absl::StatusOr<std::unique_ptr<RecurrentAttention>> BuildStepMechanism(
+    const TransformerConfig& config, const AttentionRegistry& registry) {
+  AttentionBuilder builder(registry);
+  FTX_RETURN_IF_ERROR(ConfigureBuilder(config, registry, config.attention,
+                                       /*causal=*/true, builder));
+  absl::StatusOr<std::unique_ptr<RecurrentAttention>> recurrent =
+      builder.BuildRecurrent(config.attention);
+  if (!recurrent.ok()) return NoStepForm(recurrent.status().message());
+  return recurrent;
 }
 
 }  // namespace
@@ -312,6 +375,7 @@ absl::StatusOr<std::unique_ptr<AttentionLayers>> AttentionLayers::Create(
   std::string types;
   for (int64_t d = 0; d < config.depth; ++d) types += block;
   std::unique_ptr<AttentionLayers> layers(new AttentionLayers(config, types));
+  layers->step_support_ = StepShapeSupport(config);
   for (size_t i = 0; i < types.size(); ++i) {
     auto sub = std::make_unique<Sublayer>();
     sub->type = types[i];
@@ -369,7 +433,17 @@ absl::StatusOr<std::unique_ptr<AttentionLayers>> AttentionLayers::Create(
             RotaryEmbedding::Create(
                 {.rotary_dim = RotaryEmbedding::XTransformersRotaryDim(
                      config.dim_head, config.rotary_emb_dim)}));
+        sub->step_rotary.emplace(embedding);
         rotary = std::make_unique<RotaryEmbedding>(std::move(embedding));
+      }
+      if (!cross && layers->step_support_.ok()) {
+        absl::StatusOr<std::unique_ptr<RecurrentAttention>> recurrent =
+            BuildStepMechanism(config, registry);
+        if (recurrent.ok()) {
+          sub->recurrent = *std::move(recurrent);
+        } else {
+          layers->step_support_ = recurrent.status();
+        }
       }
       FTX_ASSIGN_OR_RETURN(
           sub->attention,
@@ -657,6 +731,159 @@ absl::Status AttentionLayers::Backward(const Context& ctx, ParamStore& store,
   return absl::OkStatus();
 }
 
+absl::Status AttentionLayers::StartDecode(DecodeState& state) const {
+  FTX_RETURN_IF_ERROR(step_support_);
+  state.attention_states_.clear();
+  for (const auto& sub : sublayers_) {
+    if (sub->recurrent == nullptr) {
+      state.attention_states_.push_back(nullptr);
+      continue;
+    }
+    // A decoder with random features decodes with the projection its parallel
+    // twin uses now.
+    auto* favor = dynamic_cast<FavorAttention*>(&sub->attention->inner());
+    auto* step_favor =
+        dynamic_cast<RecurrentFavorAttention*>(sub->recurrent.get());
+    if (favor != nullptr && step_favor != nullptr &&
+        favor->projection().NumElements() > 0) {
+      FTX_RETURN_IF_ERROR(
+          step_favor->SetProjection(favor->projection().view<float>()));
+    }
+    state.attention_states_.push_back(sub->recurrent->NewState());
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// expanded[n, h] = compact[n, h % kv_heads]: compact [N, Hkv * X] rows,
+// expanded [N, H, X].
+void ExpandStepHeads(const Context& ctx, TensorView<const float> compact,
+                     int64_t kv_heads, TensorView<float> expanded) {
+  const int64_t N = expanded.dim(0), H = expanded.dim(1), X = expanded.dim(2);
+  ctx.pool().ParallelFor(N * H, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / H, h = i % H;
+      const float* source = compact.data() + (n * kv_heads + h % kv_heads) * X;
+      std::copy(source, source + X, expanded.data() + i * X);
+    }
+  });
+}
+
+}  // namespace
+
+absl::Status AttentionLayers::Step(const Context& ctx, ParamStore& store,
+                                   absl::string_view prefix,
+                                   TensorView<const float> x,
+                                   DecodeState& state, TensorView<float> y) {
+  saved_ = false;
+  FTX_RETURN_IF_ERROR(step_support_);
+  const std::string base(prefix);
+  const int64_t B = state.batch_, C = config_.dim;
+  const Shape shape{B, 1, C};
+  if (x.shape() != shape || !x.IsContiguous() || x.data() == nullptr ||
+      y.shape() != shape || !y.IsContiguous() || y.data() == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AttentionLayers::Step: x and y must be contiguous [", B,
+                     ", 1, ", C, "] tensors"));
+  }
+  if (state.attention_states_.size() != sublayers_.size()) {
+    return absl::InvalidArgumentError(
+        "AttentionLayers::Step: the state was not started by this stack");
+  }
+  const int64_t H = config_.heads, E = config_.dim_head;
+  const int64_t kv_heads =
+      config_.attn_kv_heads > 0 ? config_.attn_kv_heads : H;
+  const int64_t position = state.position_;
+  FTX_ASSIGN_OR_RETURN(TensorView<float> current,
+                       Buffer(state.current_, shape));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> next, Buffer(state.next_, shape));
+  Copy(ctx, x, current);
+  const size_t count = sublayers_.size();
+  for (size_t i = 0; i < count; ++i) {
+    Sublayer& sub = *sublayers_[i];
+    const bool last = i + 1 == count;
+    TensorView<const float> hidden = current;
+    if (config_.pre_norm && sub.has_norm) {
+      FTX_ASSIGN_OR_RETURN(TensorView<float> normed,
+                           Buffer(state.normed_, shape));
+      FTX_RETURN_IF_ERROR(sub.NormForward(ctx, store, base, current, normed));
+      hidden = normed;
+    }
+    FTX_ASSIGN_OR_RETURN(TensorView<float> branch,
+                         Buffer(state.branch_, shape));
+    if (sub.feed_forward) {
+      FTX_ASSIGN_OR_RETURN(FeedForwardTensors<float> params,
+                           sub.FeedForwardViews(store, base, false));
+      FeedForwardParams const_params{params.in_weight,   params.in_bias,
+                                     params.norm_weight, params.norm_bias,
+                                     params.out_weight,  params.out_bias};
+      FTX_RETURN_IF_ERROR(sub.feed_forward->Forward(
+          ctx, const_params, hidden, {.training = false}, branch, nullptr));
+    } else {
+      FTX_ASSIGN_OR_RETURN(AttentionLayerParams params,
+                           sub.AttentionParams(store, base));
+      FTX_ASSIGN_OR_RETURN(TensorView<float> query,
+                           Buffer(state.query_, {B, 1, H * E}));
+      FTX_ASSIGN_OR_RETURN(TensorView<float> key,
+                           Buffer(state.key_, {B, 1, kv_heads * E}));
+      FTX_ASSIGN_OR_RETURN(TensorView<float> value,
+                           Buffer(state.value_, {B, 1, kv_heads * E}));
+      FTX_RETURN_IF_ERROR(LinearForward(ctx, hidden, params.query_weight,
+                                        TensorView<const float>(), query));
+      FTX_RETURN_IF_ERROR(LinearForward(ctx, hidden, params.key_weight,
+                                        TensorView<const float>(), key));
+      FTX_RETURN_IF_ERROR(LinearForward(ctx, hidden, params.value_weight,
+                                        TensorView<const float>(), value));
+      if (sub.step_rotary) {
+        FTX_RETURN_IF_ERROR(sub.step_rotary->Forward(
+            ctx, query.Reshape({B, 1, H, E}), position));
+        FTX_RETURN_IF_ERROR(sub.step_rotary->Forward(
+            ctx, key.Reshape({B, 1, kv_heads, E}), position));
+      }
+      TensorView<const float> step_key = key.Reshape({B, kv_heads, E});
+      TensorView<const float> step_value = value.Reshape({B, kv_heads, E});
+      if (kv_heads != H) {
+        FTX_ASSIGN_OR_RETURN(TensorView<float> expanded_key,
+                             Buffer(state.expanded_key_, {B, H, E}));
+        FTX_ASSIGN_OR_RETURN(TensorView<float> expanded_value,
+                             Buffer(state.expanded_value_, {B, H, E}));
+        ExpandStepHeads(ctx, key, kv_heads, expanded_key);
+        ExpandStepHeads(ctx, value, kv_heads, expanded_value);
+        step_key = expanded_key;
+        step_value = expanded_value;
+      }
+      FTX_ASSIGN_OR_RETURN(TensorView<float> attended,
+                           Buffer(state.attended_, {B, H, E}));
+      FTX_RETURN_IF_ERROR(sub.recurrent->Step(ctx, query.Reshape({B, H, E}),
+                                              step_key, step_value, attended,
+                                              *state.attention_states_[i]));
+      FTX_RETURN_IF_ERROR(LinearForward(ctx, attended.Reshape({B, 1, H * E}),
+                                        params.out_weight,
+                                        TensorView<const float>(), branch));
+    }
+    TensorView<float> target = next;
+    const bool post_norm = !config_.pre_norm && sub.has_norm && !last;
+    if (post_norm) {
+      FTX_ASSIGN_OR_RETURN(target, Buffer(state.sum_, shape));
+    }
+    if (sub.rezero) {
+      FTX_ASSIGN_OR_RETURN(TensorView<float> g,
+                           store.Value(base + sub.prefix + "rezero.g"));
+      FTX_RETURN_IF_ERROR(sub.rezero->Forward(ctx, g, branch, target));
+    } else {
+      Copy(ctx, branch, target);
+    }
+    AddInto(ctx, target, current);
+    if (post_norm) {
+      FTX_RETURN_IF_ERROR(sub.NormForward(ctx, store, base, target, next));
+    }
+    std::swap(current, next);
+  }
+  Copy(ctx, current, y);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<TransformerWrapper>> TransformerWrapper::Create(
     const TransformerConfig& config, const AttentionRegistry& registry) {
   FTX_RETURN_IF_ERROR(
@@ -872,6 +1099,88 @@ absl::Status TransformerWrapper::Backward(const Context& ctx, ParamStore& store,
       for (int64_t c = begin; c < end; ++c) target[c] += source[c];
     }
   });
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DecodeState> TransformerWrapper::NewDecodeState(
+    int64_t batch) const {
+  FTX_RETURN_IF_ERROR(StepSupport());
+  if (batch < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "TransformerWrapper::NewDecodeState: batch must be >= 1, got ", batch));
+  }
+  DecodeState state;
+  state.batch_ = batch;
+  FTX_RETURN_IF_ERROR(layers_->StartDecode(state));
+  return state;
+}
+
+absl::Status TransformerWrapper::Step(const Context& ctx, ParamStore& store,
+                                      TensorView<const int32_t> tokens,
+                                      DecodeState& state,
+                                      TensorView<float> logits) {
+  FTX_RETURN_IF_ERROR(StepSupport());
+  if (ctx.device().type != DeviceType::kCpu) {
+    return absl::UnimplementedError(
+        "TransformerWrapper::Step: only CPU contexts are supported");
+  }
+  const int64_t B = state.batch_, C = config_.dim, V = config_.num_tokens;
+  if (tokens.rank() != 1 || tokens.dim(0) != B || tokens.data() == nullptr ||
+      !tokens.IsContiguous()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "TransformerWrapper::Step: tokens must be a contiguous [", B,
+        "] int32 tensor (the state's batch), got ", tokens.shape().ToString()));
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    if (tokens.data()[b] < 0 || tokens.data()[b] >= V) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "TransformerWrapper::Step: token ", tokens.data()[b], " at index ", b,
+          " is outside [0, num_tokens = ", V, ")"));
+    }
+  }
+  if (logits.rank() != 2 || logits.dim(0) != B || logits.dim(1) != V ||
+      logits.data() == nullptr || !logits.IsContiguous()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TransformerWrapper::Step: logits must be a contiguous [",
+                     B, ", ", V, "] tensor, got ", logits.shape().ToString()));
+  }
+  if (state.position_ >= config_.max_seq_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TransformerWrapper::Step: position ", state.position_,
+                     " is past max_seq_len ", config_.max_seq_len));
+  }
+  saved_ = false;
+  FTX_ASSIGN_OR_RETURN(TensorView<float> embedded,
+                       Buffer(state.embedded_, {B, 1, C}));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> token,
+                       store.Value("token_emb.weight"));
+  for (int64_t b = 0; b < B; ++b) {
+    const float* row = token.data() + tokens.data()[b] * C;
+    std::copy(row, row + C, embedded.data() + b * C);
+  }
+  if (uses_abs_pos_emb()) {
+    FTX_ASSIGN_OR_RETURN(TensorView<float> pos,
+                         store.Value("pos_emb.emb.weight"));
+    FTX_RETURN_IF_ERROR(
+        PositionsOf(config_).Forward(ctx, pos, state.position_, embedded));
+  }
+  FTX_ASSIGN_OR_RETURN(TensorView<float> stack_out,
+                       Buffer(state.stack_out_, {B, 1, C}));
+  FTX_RETURN_IF_ERROR(
+      layers_->Step(ctx, store, "attn_layers.", embedded, state, stack_out));
+  TensorView<float> normed = stack_out;
+  if (config_.final_norm) {
+    FTX_ASSIGN_OR_RETURN(normed, Buffer(state.final_normed_, {B, 1, C}));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> weight, store.Value("norm.weight"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> bias, store.Value("norm.bias"));
+    FTX_RETURN_IF_ERROR(FinalNorm(config_).Forward(ctx, weight, bias, stack_out,
+                                                   normed, nullptr));
+  }
+  FTX_ASSIGN_OR_RETURN(TensorView<float> w, store.Value("to_logits.weight"));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> b, store.Value("to_logits.bias"));
+  FTX_RETURN_IF_ERROR(
+      LinearForward(ctx, normed, w, b, logits.Reshape({B, 1, V})));
+  ++state.position_;
   return absl::OkStatus();
 }
 

@@ -56,6 +56,27 @@
 //   FTX_RETURN_IF_ERROR(model->Forward(ctx, store, {.tokens = tokens},
 //                                      logits, /*save_for_backward=*/true));
 //   FTX_RETURN_IF_ERROR(model->Backward(ctx, store, d_logits));
+//
+// Step-wise decoding (decoder-only stacks whose self-attention has a recurrent
+// form, attention/recurrent.h: "full" keeps a KV cache, "causal-linear" and
+// "favor" running sums ("linear" too, whose step form is causal linear
+// attention), "local" a ring buffer): Step consumes one token per sequence
+// at position t = state.position() and returns the logits Forward gives at
+// position t of the same prefix. Per
+// sublayer it runs the norm, the Q/K/V projections of the single token,
+// rotary at position t, the mechanism's RecurrentAttention::Step, the out
+// projection, ReZero and the residual, or the feed-forward in eval mode.
+// Grouped kv heads are expanded per step (query head h reads kv head
+// h % attn_kv_heads, as AttentionLayer). Not supported (InvalidArgument
+// naming why, from StepSupport): encoders, cross_attend, attn_num_mem_kv > 0,
+// mechanisms without a recurrent form, and "favor" unless its key_stabilizer
+// is "zero" (the sequence-max stabiliser looks at future keys). A "favor"
+// decoder copies the parallel mechanism's current projection when the state
+// is created.
+//
+//   FTX_ASSIGN_OR_RETURN(DecodeState state, model->NewDecodeState(batch));
+//   for (...) FTX_RETURN_IF_ERROR(model->Step(ctx, store, tokens, state,
+//                                             logits));  // [B] -> [B, V]
 #ifndef FTX_MODELS_TRANSFORMER_H_
 #define FTX_MODELS_TRANSFORMER_H_
 
@@ -71,6 +92,7 @@
 #include "attention/attention.h"
 #include "attention/attention_layer.h"
 #include "attention/mask.h"
+#include "attention/recurrent.h"
 #include "attention/registry.h"
 #include "kernels/activation/activation.h"
 #include "kernels/base/context.h"
@@ -146,6 +168,36 @@ struct StackInputs {
   uint64_t seed = 0;           // dropout masks
 };
 
+// The history of a step-wise decoding run of one TransformerWrapper (see
+// TransformerWrapper::Step): per self-attention sublayer the mechanism's
+// recurrent state, plus step buffers. Create it with NewDecodeState; it is
+// tied to the model that made it.
+class DecodeState {
+ public:
+  DecodeState(DecodeState&&) = default;
+  DecodeState& operator=(DecodeState&&) = default;
+
+  int64_t batch() const { return batch_; }
+  // Tokens consumed so far: the position of the next Step's token.
+  int64_t position() const { return position_; }
+
+ private:
+  friend class AttentionLayers;
+  friend class TransformerWrapper;
+  DecodeState() = default;
+
+  int64_t batch_ = 0;
+  int64_t position_ = 0;
+  // One per sublayer; null for feed-forward sublayers.
+  std::vector<std::unique_ptr<RecurrentState>> attention_states_;
+  // [B, 1, C] activations (ping-pong), block input and output, post-norm sum.
+  Tensor embedded_, current_, next_, normed_, branch_, sum_, stack_out_;
+  Tensor final_normed_;
+  // [B, 1, H * E] query; [B, 1, Hkv * E] key and value; [B, H, E] expanded
+  // key and value; [B, H, E] attention output.
+  Tensor query_, key_, value_, expanded_key_, expanded_value_, attended_;
+};
+
 // The block stack (x-transformers AttentionLayers). Parameter names are
 // relative ("layers.{i}...."); Bind resolves them in a ParamStore under a
 // prefix.
@@ -176,6 +228,17 @@ class AttentionLayers {
                         absl::string_view prefix, TensorView<const float> d_y,
                         TensorView<float> d_x, TensorView<float> d_context);
 
+  // OK when Step can run this stack; otherwise InvalidArgument naming why.
+  const absl::Status& StepSupport() const { return step_support_; }
+  // Fresh recurrent states for every self-attention sublayer.
+  absl::Status StartDecode(DecodeState& state) const;
+  // One position of every sequence: x, y [B, 1, C] (y may not alias x), at
+  // position state.position() (not advanced here). Eval mode, no padding.
+  // Invalidates a saved Forward.
+  absl::Status Step(const Context& ctx, ParamStore& store,
+                    absl::string_view prefix, TensorView<const float> x,
+                    DecodeState& state, TensorView<float> y);
+
  private:
   struct Sublayer;
   AttentionLayers(const TransformerConfig& config, std::string layer_types);
@@ -183,6 +246,7 @@ class AttentionLayers {
   TransformerConfig config_;
   std::string layer_types_;
   std::vector<std::unique_ptr<Sublayer>> sublayers_;
+  absl::Status step_support_;
   // Forward state: the input of every sublayer plus the output, [B, T, C]
   // each; the inputs of the last call.
   std::vector<Tensor> activations_;
@@ -231,6 +295,22 @@ class TransformerWrapper {
   absl::Status Backward(const Context& ctx, ParamStore& store,
                         TensorView<const float> d_out,
                         TensorView<float> d_context = {});
+
+  // OK when the model can decode step-wise; otherwise InvalidArgument naming
+  // why (see the top of this file).
+  const absl::Status& StepSupport() const { return layers_->StepSupport(); }
+  // A state at position 0 for `batch` sequences; StepSupport's error, or
+  // InvalidArgument for batch < 1.
+  absl::StatusOr<DecodeState> NewDecodeState(int64_t batch) const;
+  // tokens: [B] (B = state.batch()), each in [0, num_tokens); logits: [B, V]
+  // contiguous. Consumes tokens at position state.position() and advances
+  // it; logits equal Forward's at that position for the same prefix.
+  // InvalidArgument for bad shapes or tokens, a state of another batch size,
+  // or a position at max_seq_len; Unimplemented for a CUDA context. On error
+  // the state is unchanged. Invalidates a saved Forward.
+  absl::Status Step(const Context& ctx, ParamStore& store,
+                    TensorView<const int32_t> tokens, DecodeState& state,
+                    TensorView<float> logits);
 
  private:
   TransformerWrapper(const TransformerConfig& config,

@@ -537,3 +537,187 @@ TEST_F(TransformerTest, JsonConfigFieldsAndErrors) {
 
 }  // namespace
 }  // namespace ftx
+
+namespace ftx {
+namespace {
+
+// Step-wise decoding against the parallel Forward of the whole sequence: a
+// decoder is exactly causal (DecoderIsExactlyCausal), so Forward's logits at
+// position t are those of the prefix 0..t.
+class TransformerStepTest : public TransformerTest {
+ protected:
+  void ExpectStepsMatchForward(const TransformerConfig& config,
+                               double tolerance) {
+    Build(config);
+    const int64_t B = 2, T = config.max_seq_len, V = config.num_tokens;
+    std::vector<int32_t> tokens(B * T);
+    for (int64_t i = 0; i < B * T; ++i) {
+      tokens[i] = static_cast<int32_t>((i * 7 + 3) % V);
+    }
+    const std::vector<float> parallel = Run(tokens, B);
+    auto state = model_->NewDecodeState(B);
+    ASSERT_TRUE(state.ok()) << state.status();
+    std::vector<float> logits(B * V);
+    for (int64_t t = 0; t < T; ++t) {
+      const std::vector<int32_t> column = {tokens[t], tokens[T + t]};
+      const absl::Status status = model_->Step(
+          *ctx_, *store_, TensorView<const int32_t>(column.data(), {B}), *state,
+          TensorView<float>(logits.data(), {B, V}));
+      ASSERT_TRUE(status.ok()) << status;
+      EXPECT_EQ(state->position(), t + 1);
+      for (int64_t b = 0; b < B; ++b) {
+        EXPECT_TRUE(AllNear(logits.data() + b * V,
+                            parallel.data() + (b * T + t) * V, V,
+                            {.abs = tolerance, .rel = tolerance}))
+            << "b=" << b << " t=" << t;
+      }
+    }
+  }
+};
+
+TransformerConfig DecoderConfig(const char* mechanism, bool rotary) {
+  TransformerConfig config = TinyConfig();
+  config.causal = true;
+  config.attention = mechanism;
+  config.attention_options.clear();
+  if (std::string(mechanism) != "causal-linear") {
+    config.attention_options["attention_dropout"] = 0.0;
+  }
+  if (std::string(mechanism) == "local") {
+    config.attention_options["local_context"] = int64_t{4};
+  }
+  if (rotary) {
+    config.rotary_pos_emb = true;
+    config.dim_head = 32;  // x-transformers' rotary width is at least 32
+    config.rotary_emb_dim = 0;
+  }
+  return config;
+}
+
+TEST_F(TransformerStepTest, StepsEqualForwardForEveryDecodableMechanism) {
+  struct Case {
+    const char* mechanism;
+    double tolerance;
+  };
+  for (const Case& c :
+       {Case{"full", 1e-5}, Case{"causal-linear", 1e-4}, Case{"local", 1e-5}}) {
+    for (bool rotary : {false, true}) {
+      SCOPED_TRACE(std::string(c.mechanism) +
+                   (rotary ? " rotary" : " absolute positions"));
+      ExpectStepsMatchForward(DecoderConfig(c.mechanism, rotary), c.tolerance);
+    }
+  }
+}
+
+TEST_F(TransformerStepTest, StepsEqualForwardPostNormReZeroGroupedHeads) {
+  TransformerConfig post_norm = DecoderConfig("full", false);
+  post_norm.pre_norm = false;
+  post_norm.norm = NormType::kRMSNorm;
+  post_norm.ff_glu = true;
+  {
+    SCOPED_TRACE("post-norm RMSNorm GLU");
+    ExpectStepsMatchForward(post_norm, 1e-5);
+  }
+  TransformerConfig grouped = DecoderConfig("causal-linear", true);
+  grouped.heads = 4;
+  grouped.attn_kv_heads = 2;
+  {
+    SCOPED_TRACE("grouped kv heads, rotary");
+    ExpectStepsMatchForward(grouped, 1e-4);
+  }
+  TransformerConfig rezero = DecoderConfig("full", false);
+  rezero.use_rezero = true;
+  Build(rezero);
+  // Non-zero gains so the sublayers contribute.
+  store_->ForEachParam([](ParamSlot slot) {
+    if (slot.name.find("rezero.g") != std::string::npos) {
+      slot.value.data()[0] = 0.5f;
+    }
+  });
+  {
+    SCOPED_TRACE("ReZero");
+    const int64_t B = 1, T = rezero.max_seq_len, V = rezero.num_tokens;
+    const std::vector<int32_t> tokens = {3, 1, 4, 1, 5, 9, 2};
+    const std::vector<float> parallel = Run(tokens, B);
+    auto state = model_->NewDecodeState(B);
+    ASSERT_TRUE(state.ok()) << state.status();
+    std::vector<float> logits(V);
+    for (int64_t t = 0; t < T; ++t) {
+      ASSERT_TRUE(model_
+                      ->Step(*ctx_, *store_,
+                             TensorView<const int32_t>(&tokens[t], {1}), *state,
+                             TensorView<float>(logits.data(), {1, V}))
+                      .ok());
+      EXPECT_TRUE(AllNear(logits.data(), parallel.data() + t * V, V,
+                          {.abs = 1e-5, .rel = 1e-5}))
+          << "t=" << t;
+    }
+  }
+}
+
+TEST_F(TransformerStepTest, UnsupportedConfigsSayWhy) {
+  struct Case {
+    TransformerConfig config;
+    const char* why;
+  };
+  TransformerConfig encoder = DecoderConfig("full", false);
+  encoder.causal = false;
+  TransformerConfig cross = DecoderConfig("full", false);
+  cross.cross_attend = true;
+  TransformerConfig memory = DecoderConfig("full", false);
+  memory.attn_num_mem_kv = 2;
+  TransformerConfig no_recurrent = DecoderConfig("full", false);
+  no_recurrent.attention = "exact-topk";
+  TransformerConfig favor = DecoderConfig("favor", false);
+  favor.attention_options.clear();
+  for (const Case& c :
+       {Case{encoder, "not causal"}, Case{cross, "cross_attend"},
+        Case{memory, "attn_num_mem_kv"},
+        Case{no_recurrent, "no recurrent attention"},
+        Case{favor, "key_stabilizer"}}) {
+    SCOPED_TRACE(c.why);
+    Build(c.config);
+    EXPECT_EQ(model_->StepSupport().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(model_->StepSupport().message().find(c.why), std::string::npos)
+        << model_->StepSupport();
+    auto state = model_->NewDecodeState(1);
+    ASSERT_FALSE(state.ok());
+    EXPECT_EQ(state.status().code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST_F(TransformerStepTest, BadStepInputsAreInvalidArgument) {
+  Build(DecoderConfig("full", false));
+  const int64_t V = 11;
+  EXPECT_EQ(model_->NewDecodeState(0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto state = model_->NewDecodeState(2);
+  ASSERT_TRUE(state.ok());
+  std::vector<float> logits(2 * V);
+  const TensorView<float> logits_view(logits.data(), {2, V});
+  auto step = [&](std::vector<int32_t> tokens, TensorView<float> out) {
+    return model_->Step(
+        *ctx_, *store_,
+        TensorView<const int32_t>(tokens.data(),
+                                  {static_cast<int64_t>(tokens.size())}),
+        *state, out);
+  };
+  auto expect_error = [](const absl::Status& status, const char* needle) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_NE(status.message().find(needle), std::string::npos) << status;
+  };
+  expect_error(step({1}, logits_view), "tokens");
+  expect_error(step({1, 11}, logits_view), "outside");
+  expect_error(step({1, -1}, logits_view), "outside");
+  expect_error(step({1, 2}, TensorView<float>(logits.data(), {2, V - 1})),
+               "logits");
+  EXPECT_EQ(state->position(), 0);
+  for (int64_t t = 0; t < 7; ++t) {
+    ASSERT_TRUE(step({1, 2}, logits_view).ok());
+  }
+  expect_error(step({1, 2}, logits_view), "max_seq_len");
+  EXPECT_EQ(state->position(), 7);
+}
+
+}  // namespace
+}  // namespace ftx
