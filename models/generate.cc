@@ -263,10 +263,41 @@ absl::StatusOr<int32_t> SampleToken(const SamplingOptions& options,
   return last_kept;
 }
 
-absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
+namespace {
+
+// Checks a source against the model and the batch (see GenerationSource).
+absl::Status ValidateSource(const TransformerConfig& config, int64_t batch,
+                            const GenerationSource& source) {
+  if (!config.cross_attend) {
+    return absl::InvalidArgumentError(
+        "Generate: a source needs a cross-attending model (cross_attend)");
+  }
+  const int64_t width =
+      config.context_dim > 0 ? config.context_dim : config.dim;
+  const TensorView<const float>& context = source.context;
+  if (context.rank() != 3 || context.dim(0) != batch || context.dim(1) < 1 ||
+      context.dim(2) != width) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Generate: source context must be [B = ", batch, ", S >= 1, ", width,
+        "], got ", context.shape().ToString()));
+  }
+  if (context.data() == nullptr || !context.IsContiguous()) {
+    return absl::InvalidArgumentError(
+        "Generate: source context must be contiguous with non-null data");
+  }
+  if (context.device().type != DeviceType::kCpu) {
+    return absl::InvalidArgumentError(
+        "Generate: source context must be in CPU memory");
+  }
+  return source.context_lengths.Validate("Generate", "context_lengths", batch,
+                                         context.dim(1));
+}
+
+// Generate with an optional source (null: none).
+absl::StatusOr<std::vector<std::vector<int32_t>>> GenerateFrom(
     const Context& ctx, TransformerWrapper& model, ParamStore& store,
     TensorView<const int32_t> prompts, const LengthMask& lengths,
-    const GenerateOptions& options) {
+    const GenerateOptions& options, const GenerationSource* source) {
   const int64_t vocab = model.config().num_tokens;
   const int64_t max_seq_len = model.config().max_seq_len;
   if (prompts.rank() != 2 || prompts.dim(0) < 1 || prompts.dim(1) < 1) {
@@ -300,6 +331,14 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
                      *options.eos_token));
   }
   FTX_RETURN_IF_ERROR(ValidateSampling(options.sampling));
+  if (source != nullptr) {
+    FTX_RETURN_IF_ERROR(ValidateSource(model.config(), batch, *source));
+    if (options.decode == DecodeMode::kStep) {
+      return absl::InvalidArgumentError(
+          "Generate: step-wise decoding (DecodeMode::kStep) does not support "
+          "a source (cross-attention); use kRerun or kAuto");
+    }
+  }
 
   std::vector<std::vector<int32_t>> sequences(batch);
   for (int64_t b = 0; b < batch; ++b) {
@@ -337,7 +376,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
     }
   }
   if (options.decode == DecodeMode::kStep ||
-      (options.decode == DecodeMode::kAuto && fits &&
+      (options.decode == DecodeMode::kAuto && source == nullptr && fits &&
        model.StepSupport().ok())) {
     FTX_RETURN_IF_ERROR(
         GenerateByStepping(ctx, model, store, options, sequences, generated));
@@ -350,6 +389,8 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
   }
   std::vector<int32_t> window_tokens;
   std::vector<float> row_logits(vocab);
+  // The active sequences' source rows, [A, S, C_ctx], when there is a source.
+  std::vector<float> active_context;
   while (!active.empty()) {
     // The active sequences' windows, left-aligned in [A, W].
     const int64_t rows = static_cast<int64_t>(active.size());
@@ -378,6 +419,22 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
     inputs.tokens =
         TensorView<const int32_t>(window_tokens.data(), {rows, width});
     inputs.lengths = window_lengths;
+    if (source != nullptr) {
+      const int64_t source_len = source->context.dim(1);
+      const int64_t row_size = source_len * source->context.dim(2);
+      active_context.resize(rows * row_size);
+      inputs.context_lengths.lengths.clear();
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* row = source->context.data() + active[r] * row_size;
+        std::copy(row, row + row_size, active_context.begin() + r * row_size);
+        if (!source->context_lengths.full()) {
+          inputs.context_lengths.lengths.push_back(
+              source->context_lengths.lengths[active[r]]);
+        }
+      }
+      inputs.context = TensorView<const float>(
+          active_context.data(), {rows, source_len, source->context.dim(2)});
+    }
     FTX_RETURN_IF_ERROR(model.Forward(ctx, store, inputs, logits.view<float>(),
                                       /*save_for_backward=*/false));
 
@@ -394,6 +451,23 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
     active = std::move(still_active);
   }
   return generated;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
+    const Context& ctx, TransformerWrapper& model, ParamStore& store,
+    TensorView<const int32_t> prompts, const LengthMask& lengths,
+    const GenerateOptions& options) {
+  return GenerateFrom(ctx, model, store, prompts, lengths, options,
+                      /*source=*/nullptr);
+}
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
+    const Context& ctx, TransformerWrapper& model, ParamStore& store,
+    TensorView<const int32_t> prompts, const LengthMask& lengths,
+    const GenerateOptions& options, const GenerationSource& source) {
+  return GenerateFrom(ctx, model, store, prompts, lengths, options, &source);
 }
 
 absl::StatusOr<GenerationModel> LoadGenerationModel(

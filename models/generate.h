@@ -164,6 +164,23 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
     TensorView<const int32_t> prompts, const LengthMask& lengths,
     const GenerateOptions& options);
 
+// The encoded source of an encoder-decoder model (models/xtransformer.h):
+// the cross-attention context of a cross_attend decoder.
+struct GenerationSource {
+  TensorView<const float> context;  // [B, S, context_dim], contiguous, CPU
+  LengthMask context_lengths;       // [B] valid source positions, or empty
+};
+
+// Generate for a cross-attending decoder: every step re-runs the decoder's
+// forward on the window with `source` as its context (row b of the window
+// attends to source row b). The step form has no cross-attention, so kAuto
+// re-runs and kStep is InvalidArgument. InvalidArgument also for a model
+// that is not cross_attend or a source of the wrong shape or lengths.
+absl::StatusOr<std::vector<std::vector<int32_t>>> Generate(
+    const Context& ctx, TransformerWrapper& model, ParamStore& store,
+    TensorView<const int32_t> prompts, const LengthMask& lengths,
+    const GenerateOptions& options, const GenerationSource& source);
+
 // A model restored from a checkpoint directory written by Trainer
 // (models/trainer.h): DIR/checkpoint.json and DIR/model.safetensors.
 struct GenerationModel {
