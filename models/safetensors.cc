@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "kernels/base/status_macros.h"
+#include "models/atomic_file.h"
 #include "nlohmann/json.hpp"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -352,78 +353,6 @@ void ConvertToFloat(absl::string_view dtype, const char* bytes,
     });
   }
 }
-
-// Writes bytes to a temporary file beside `path` and renames it over `path`
-// on Commit; the destructor removes the temporary file unless committed.
-class AtomicFileWriter {
- public:
-  explicit AtomicFileWriter(const std::string& path) : path_(path) {}
-  AtomicFileWriter(const AtomicFileWriter&) = delete;
-  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
-  ~AtomicFileWriter() {
-    if (fd_ >= 0) close(fd_);
-    if (!temp_path_.empty() && !committed_) unlink(temp_path_.c_str());
-  }
-
-  absl::Status Open() {
-    std::string pattern = absl::StrCat(path_, ".tmp-XXXXXX");
-    const int fd = mkostemp(pattern.data(), O_CLOEXEC);
-    if (fd < 0) {
-      return absl::ErrnoToStatus(
-          errno,
-          absl::StrCat("cannot create a temporary file in ", Directory()));
-    }
-    fd_ = fd;
-    temp_path_ = pattern;
-    if (fchmod(fd_, 0644) != 0) {
-      return absl::ErrnoToStatus(errno, "cannot set the file mode");
-    }
-    return absl::OkStatus();
-  }
-
-  absl::Status Write(absl::string_view bytes) {
-    while (!bytes.empty()) {
-      const ssize_t written = write(fd_, bytes.data(), bytes.size());
-      if (written < 0) {
-        if (errno == EINTR) continue;
-        return absl::ErrnoToStatus(errno, "write failed");
-      }
-      bytes.remove_prefix(static_cast<size_t>(written));
-    }
-    return absl::OkStatus();
-  }
-
-  absl::Status Commit() {
-    if (fsync(fd_) != 0) return absl::ErrnoToStatus(errno, "fsync failed");
-    const int fd = fd_;
-    fd_ = -1;
-    if (close(fd) != 0) return absl::ErrnoToStatus(errno, "close failed");
-    if (rename(temp_path_.c_str(), path_.c_str()) != 0) {
-      return absl::ErrnoToStatus(errno, "cannot rename the temporary file");
-    }
-    committed_ = true;
-    // Make the rename itself durable; the file is complete either way.
-    const int directory = open(Directory().c_str(), O_RDONLY | O_DIRECTORY);
-    if (directory >= 0) {
-      fsync(directory);
-      close(directory);
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  std::string Directory() const {
-    const size_t slash = path_.rfind('/');
-    if (slash == std::string::npos) return ".";
-    if (slash == 0) return "/";
-    return path_.substr(0, slash);
-  }
-
-  std::string path_;
-  std::string temp_path_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
 
 // Buffers encoded elements and writes them in large chunks; remembers the
 // first write error.

@@ -25,6 +25,7 @@
 #include "kernels/base/philox.h"
 #include "kernels/base/status_macros.h"
 #include "kernels/cross_entropy/cross_entropy.h"
+#include "models/atomic_file.h"
 #include "models/safetensors.h"
 #include "nlohmann/json.hpp"
 
@@ -163,59 +164,6 @@ constexpr char kOptimizerFile[] = "optimizer.safetensors";
 constexpr char kInfoFile[] = "checkpoint.json";
 constexpr char kFirstMomentPrefix[] = "m/";
 constexpr char kSecondMomentPrefix[] = "v/";
-
-std::string DirectoryOf(const std::string& path) {
-  const size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
-// Writes `contents` to `path` through a temporary file in the same directory
-// that is fsynced and renamed over `path` (then the directory is fsynced), so
-// `path` is always either the old or the new file.
-absl::Status WriteFileAtomically(const std::string& path,
-                                 absl::string_view contents) {
-  std::string temporary = absl::StrCat(path, ".tmp-XXXXXX");
-  const int fd = mkostemp(temporary.data(), O_CLOEXEC);
-  if (fd < 0) {
-    return absl::ErrnoToStatus(
-        errno,
-        absl::StrCat("cannot create a temporary file for \"", path, "\""));
-  }
-  const auto fail = [&](const char* what) {
-    const int error = errno;
-    unlink(temporary.c_str());
-    return absl::ErrnoToStatus(
-        error, absl::StrCat("cannot ", what, " \"", temporary, "\""));
-  };
-  if (fchmod(fd, 0644) != 0) {
-    close(fd);
-    return fail("set the mode of");
-  }
-  while (!contents.empty()) {
-    const ssize_t written = write(fd, contents.data(), contents.size());
-    if (written < 0 && errno == EINTR) continue;
-    if (written < 0) {
-      close(fd);
-      return fail("write");
-    }
-    contents.remove_prefix(static_cast<size_t>(written));
-  }
-  if (fsync(fd) != 0) {
-    close(fd);
-    return fail("fsync");
-  }
-  if (close(fd) != 0) return fail("close");
-  if (rename(temporary.c_str(), path.c_str()) != 0) return fail("rename");
-  const int directory =
-      open(DirectoryOf(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (directory >= 0) {
-    fsync(directory);
-    close(directory);
-  }
-  return absl::OkStatus();
-}
 
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
