@@ -222,42 +222,37 @@ struct AttentionLayers::Sublayer {
     return base + prefix + BlockName(type);
   }
 
+  // The attention block's views, looked up with `find` (Value or Grad) and
+  // `find_optional` (memory kv, absent unless configured).
+  template <typename Views, typename Find, typename FindOptional>
+  absl::StatusOr<Views> CollectAttentionViews(
+      const std::string& base, Find find, FindOptional find_optional) const {
+    const std::string p = BlockPrefix(base);
+    Views views;
+    FTX_ASSIGN_OR_RETURN(views.query_weight,
+                         find(p + "query_projection.weight"));
+    FTX_ASSIGN_OR_RETURN(views.key_weight, find(p + "key_projection.weight"));
+    FTX_ASSIGN_OR_RETURN(views.value_weight,
+                         find(p + "value_projection.weight"));
+    FTX_ASSIGN_OR_RETURN(views.out_weight, find(p + "out_projection.weight"));
+    FTX_ASSIGN_OR_RETURN(views.memory_keys, find_optional(p + "memory_keys"));
+    FTX_ASSIGN_OR_RETURN(views.memory_values,
+                         find_optional(p + "memory_values"));
+    return views;
+  }
+
   absl::StatusOr<AttentionLayerParams> AttentionParams(
       ParamStore& store, const std::string& base) const {
-    const std::string p = BlockPrefix(base);
-    AttentionLayerParams params;
-    FTX_ASSIGN_OR_RETURN(params.query_weight,
-                         store.Value(p + "query_projection.weight"));
-    FTX_ASSIGN_OR_RETURN(params.key_weight,
-                         store.Value(p + "key_projection.weight"));
-    FTX_ASSIGN_OR_RETURN(params.value_weight,
-                         store.Value(p + "value_projection.weight"));
-    FTX_ASSIGN_OR_RETURN(params.out_weight,
-                         store.Value(p + "out_projection.weight"));
-    FTX_ASSIGN_OR_RETURN(params.memory_keys,
-                         OptionalValue(store, p + "memory_keys"));
-    FTX_ASSIGN_OR_RETURN(params.memory_values,
-                         OptionalValue(store, p + "memory_values"));
-    return params;
+    return CollectAttentionViews<AttentionLayerParams>(
+        base, [&](const std::string& name) { return store.Value(name); },
+        [&](const std::string& name) { return OptionalValue(store, name); });
   }
 
   absl::StatusOr<AttentionLayerGrads> AttentionGradViews(
       ParamStore& store, const std::string& base) const {
-    const std::string p = BlockPrefix(base);
-    AttentionLayerGrads grads;
-    FTX_ASSIGN_OR_RETURN(grads.query_weight,
-                         store.Grad(p + "query_projection.weight"));
-    FTX_ASSIGN_OR_RETURN(grads.key_weight,
-                         store.Grad(p + "key_projection.weight"));
-    FTX_ASSIGN_OR_RETURN(grads.value_weight,
-                         store.Grad(p + "value_projection.weight"));
-    FTX_ASSIGN_OR_RETURN(grads.out_weight,
-                         store.Grad(p + "out_projection.weight"));
-    FTX_ASSIGN_OR_RETURN(grads.memory_keys,
-                         OptionalGrad(store, p + "memory_keys"));
-    FTX_ASSIGN_OR_RETURN(grads.memory_values,
-                         OptionalGrad(store, p + "memory_values"));
-    return grads;
+    return CollectAttentionViews<AttentionLayerGrads>(
+        base, [&](const std::string& name) { return store.Grad(name); },
+        [&](const std::string& name) { return OptionalGrad(store, name); });
   }
 
   // Parameter views (Value) or gradient views (Grad) of the feed-forward.
