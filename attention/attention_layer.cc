@@ -155,6 +155,8 @@ std::vector<ParamShape> AttentionLayer::ParamShapes() const {
     shapes.insert(shapes.begin() + 1, {"query_projection.bias", {q_width}});
     shapes.insert(shapes.begin() + 3, {"key_projection.bias", {k_width}});
     shapes.insert(shapes.begin() + 5, {"value_projection.bias", {v_width}});
+  }
+  if (c.has_out_bias()) {
     shapes.push_back({"out_projection.bias", {c.d_model}});
   }
   if (c.num_memory_kv > 0) {
@@ -240,6 +242,8 @@ absl::Status AttentionLayer::Forward(const Context& ctx,
         CheckParam("key_projection.bias", params.key_bias, {Hkv * E}));
     FTX_RETURN_IF_ERROR(
         CheckParam("value_projection.bias", params.value_bias, {Hkv * D}));
+  }
+  if (c.has_out_bias()) {
     FTX_RETURN_IF_ERROR(
         CheckParam("out_projection.bias", params.out_bias, {c.d_model}));
   }
@@ -272,6 +276,9 @@ absl::Status AttentionLayer::Forward(const Context& ctx,
   if (qk_transform_ != nullptr) {
     FTX_RETURN_IF_ERROR(qk_transform_->Forward(ctx, queries, 0));
     FTX_RETURN_IF_ERROR(qk_transform_->Forward(ctx, keys, 0));
+    if (c.transform_values) {
+      FTX_RETURN_IF_ERROR(qk_transform_->Forward(ctx, values, 0));
+    }
   }
   if (expanded) {
     ExpandHeads(ctx, keys, params.memory_keys,
@@ -393,6 +400,9 @@ absl::Status AttentionLayer::Backward(
   if (qk_transform_ != nullptr) {
     FTX_RETURN_IF_ERROR(qk_transform_->Backward(ctx, d_queries, 0));
     FTX_RETURN_IF_ERROR(qk_transform_->Backward(ctx, d_keys, 0));
+    if (c.transform_values) {
+      FTX_RETURN_IF_ERROR(qk_transform_->Backward(ctx, d_values, 0));
+    }
   }
   FTX_RETURN_IF_ERROR(LinearBackward(ctx, x, params.query_weight,
                                      MergeHeads(d_queries), d_x,

@@ -2,9 +2,15 @@
 // fast-transformers' AttentionLayer (attention/attention_layer.py) and
 // x-transformers' Attention projections:
 //   Q = x Wq^T + bq, K = c Wk^T + bk, V = c Wv^T + bv   (c = context, or x
-//   itself) heads split to [N, T, H, E]; optional Q/K transform (rotary);
-//   optional persistent memory key/values prepended (x-transformers
-//   attn_num_mem_kv); inner attention; out = concat_heads(O) Wo^T + bo.
+//   itself) heads split to [N, T, H, E]; optional Q/K transform (rotary),
+//   optionally applied to V as well (x-transformers 0.26.6 rotates the first
+//   rotary dims of q, k and v); optional persistent memory key/values
+//   prepended (x-transformers attn_num_mem_kv); inner attention;
+//   out = concat_heads(O) Wo^T + bo.
+// Biases: fast-transformers 0.4.0 has biases on all four projections;
+// x-transformers 0.26.6 on none (to_q, to_k, to_v and to_out are all
+// Linear(bias=False)). `bias` switches the Q/K/V biases and `out_bias` the
+// out projection's (unset: the same as `bias`).
 // Multi-query / grouped key-value heads (x-transformers one_kv_head /
 // attn_kv_heads): K and V have kv_heads heads, each shared by n_heads /
 // kv_heads query heads.
@@ -19,6 +25,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,18 +37,26 @@
 namespace ftx {
 
 struct AttentionLayerConfig {
-  int64_t d_model = 0;        // C
-  int64_t n_heads = 0;        // H
-  int64_t d_keys = 0;         // E per head; 0 means d_model / n_heads
-  int64_t d_values = 0;       // D per head; 0 means d_model / n_heads
-  int64_t kv_heads = 0;       // 0 means n_heads; 1 is multi-query
-  int64_t d_model_keys = 0;   // context width; 0 means d_model
-  bool bias = true;           // fast-transformers: true; x-transformers: false
-  int64_t num_memory_kv = 0;  // persistent memory key/values per head
+  int64_t d_model = 0;       // C
+  int64_t n_heads = 0;       // H
+  int64_t d_keys = 0;        // E per head; 0 means d_model / n_heads
+  int64_t d_values = 0;      // D per head; 0 means d_model / n_heads
+  int64_t kv_heads = 0;      // 0 means n_heads; 1 is multi-query
+  int64_t d_model_keys = 0;  // context width; 0 means d_model
+  bool bias = true;  // Q/K/V biases: fast-transformers true, x-transformers
+                     // false
+  std::optional<bool> out_bias;  // out projection bias; unset: `bias`
+  int64_t num_memory_kv = 0;     // persistent memory key/values per head
+  // Apply the Q/K transform to the values too (x-transformers 0.26.6 rotary;
+  // needs D >= the transform's width).
+  bool transform_values = false;
+
+  bool has_out_bias() const { return out_bias.value_or(bias); }
 };
 
-// Views of the parameters, torch layout ([out, in] weights). Biases are empty
-// views when config.bias is false; memory views are empty when num_memory_kv ==
+// Views of the parameters, torch layout ([out, in] weights). Q/K/V biases are
+// empty views when config.bias is false, the out bias when
+// config.has_out_bias() is false; memory views are empty when num_memory_kv ==
 // 0.
 struct AttentionLayerParams {
   TensorView<const float> query_weight, query_bias;

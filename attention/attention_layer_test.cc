@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "attention/full.h"
@@ -26,8 +27,10 @@ using ::ftx::testing::RandomUniformVector;
 struct LayerCase {
   int64_t n, l, s, c, h, e, d, kv_heads, memory;
   bool bias, self_attention, causal;
-  int64_t rotary_dim = 0;  // > 0: half-split rotary on Q and K
-  bool head_bias = false;  // the same [L, S] score bias for every head
+  int64_t rotary_dim = 0;        // > 0: half-split rotary on Q and K
+  bool head_bias = false;        // the same [L, S] score bias for every head
+  std::optional<bool> out_bias;  // unset: `bias`
+  bool rotate_values = false;    // rotary on V too (x-transformers 0.26.6)
 };
 
 // Half-split rotary (RoFormer) of x [N, T, heads, E] over the first `dim`
@@ -84,11 +87,12 @@ std::vector<double> ReferenceLayer(const LayerCase& t, const FlatParams& p,
                    p.Get("query_projection.bias"), t.h * t.e);
   auto k = Project(source, t.n * S, t.c, p.Get("key_projection.weight"),
                    p.Get("key_projection.bias"), t.kv_heads * t.e);
-  const auto v = Project(source, t.n * S, t.c, p.Get("value_projection.weight"),
-                         p.Get("value_projection.bias"), t.kv_heads * t.d);
+  auto v = Project(source, t.n * S, t.c, p.Get("value_projection.weight"),
+                   p.Get("value_projection.bias"), t.kv_heads * t.d);
   if (t.rotary_dim > 0) {
     Rotate(q, t.n, t.l, t.h, t.e, t.rotary_dim);
     Rotate(k, t.n, S, t.kv_heads, t.e, t.rotary_dim);
+    if (t.rotate_values) Rotate(v, t.n, S, t.kv_heads, t.d, t.rotary_dim);
   }
   // Expand: memory first, then key s of kv head h % kv_heads.
   std::vector<double> k_full(t.n * (M + S) * t.h * t.e),
@@ -117,7 +121,8 @@ std::vector<double> ReferenceLayer(const LayerCase& t, const FlatParams& p,
       {t.n, t.l, M + S, t.h, t.e, t.d}, q.data(), k_full.data(), v_full.data(),
       1.0 / std::sqrt(double(t.e)),
       [&](int64_t l, int64_t s) {
-        if (causal && s > l + M) return -std::numeric_limits<double>::infinity();
+        if (causal && s > l + M)
+          return -std::numeric_limits<double>::infinity();
         return bias.empty() || s < M ? 0.0 : bias[l * S + s - M];
       },
       lengths, attended.data());
@@ -145,7 +150,9 @@ TEST_P(AttentionLayerTest, ForwardAndGradientsMatchReference) {
                                        .d_values = t.d,
                                        .kv_heads = t.kv_heads,
                                        .bias = t.bias,
-                                       .num_memory_kv = t.memory},
+                                       .out_bias = t.out_bias,
+                                       .num_memory_kv = t.memory,
+                                       .transform_values = t.rotate_values},
                                       std::make_unique<FullAttention>(),
                                       std::move(rotary));
   ASSERT_TRUE(layer.ok()) << layer.status();
@@ -308,7 +315,12 @@ INSTANTIATE_TEST_SUITE_P(
         LayerCase{2, 4, 4, 6, 2, 3, 3, 2, 0, true, true, true, 0,
                   true},  // head bias, causal
         LayerCase{2, 3, 5, 6, 2, 3, 2, 1, 2, false, false, false, 0,
-                  true}));  // head bias + memory kv + multi-query, cross
+                  true},  // head bias + memory kv + multi-query, cross
+        LayerCase{2, 4, 4, 6, 2, 3, 3, 2, 0, true, true, false, 0, false,
+                  false},  // Q/K/V biases, no out bias
+        LayerCase{2, 5, 5, 8, 2, 4, 4, 2, 1, false, true, true, 4, false, true,
+                  true}));  // x-transformers 0.26.6: out bias only
+                            // here, rotary on Q, K and V, memory kv
 
 TEST(AttentionLayerConfigTest, BadConfigurationsAreErrors) {
   EXPECT_EQ(AttentionLayer::Create({.d_model = 6, .n_heads = 4},

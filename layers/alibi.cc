@@ -29,8 +29,9 @@ float Distance(AlibiForm form, int64_t l, int64_t s) {
     case AlibiForm::kKeyIndex:
       return static_cast<float>(s);
     case AlibiForm::kSigned:
-    case AlibiForm::kSignedBidirectional:
       return static_cast<float>(s - l);
+    case AlibiForm::kAbsoluteBidirectional:
+      return static_cast<float>(s > l ? s - l : l - s);
   }
   return 0.0f;
 }
@@ -55,7 +56,7 @@ absl::StatusOr<Alibi> Alibi::Create(const AlibiConfig& config) {
   AlibiForm form = AlibiForm::kSymmetric;
   if (config.version == AlibiVersion::kXTransformers0_26_6) {
     if (!config.causal) {
-      form = AlibiForm::kSignedBidirectional;
+      form = AlibiForm::kAbsoluteBidirectional;
     } else {
       form = config.learned ? AlibiForm::kSigned : AlibiForm::kKeyIndex;
     }
@@ -83,7 +84,7 @@ std::vector<ParamShape> Alibi::ParamShapes() const {
   }
   std::vector<ParamShape> shapes = {
       {"learned_logslopes", {1, alibi_heads_, 1, 1}}};
-  if (form_ == AlibiForm::kSignedBidirectional) {
+  if (form_ == AlibiForm::kAbsoluteBidirectional) {
     shapes.push_back({"learned_logslopes_future", {1, alibi_heads_, 1, 1}});
   }
   return shapes;
@@ -174,7 +175,7 @@ absl::Status Alibi::Forward(const Context& ctx,
             continue;
           }
           const float past = slope(log_slopes, h);
-          const float future = form_ == AlibiForm::kSignedBidirectional
+          const float future = form_ == AlibiForm::kAbsoluteBidirectional
                                    ? slope(log_slopes_future, h)
                                    : past;
           for (int64_t s = 0; s < keys; ++s) {
@@ -199,7 +200,7 @@ absl::Status Alibi::Backward(const Context& ctx,
   FTX_RETURN_IF_ERROR(CheckParams(op, "", log_slopes, log_slopes_future));
   FTX_RETURN_IF_ERROR(CheckParams(op, "d_", d_log_slopes, d_log_slopes_future));
   FTX_RETURN_IF_ERROR(CheckBias(op, ctx, d_bias));
-  const bool bidirectional = form_ == AlibiForm::kSignedBidirectional;
+  const bool bidirectional = form_ == AlibiForm::kAbsoluteBidirectional;
   const int64_t queries = d_bias.dim(1), keys = d_bias.dim(2);
   ctx.pool().ParallelFor(alibi_heads_, [&](int64_t begin, int64_t end) {
     for (int64_t h = begin; h < end; ++h) {

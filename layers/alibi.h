@@ -20,10 +20,11 @@
 //                             softmax ignores)
 //   0.26.6, causal, learned:  bias[h, l, s] = (s - l) s_h
 //   0.26.6, non-causal (always learned, bidirectional):
-//                             bias[h, l, s] = (s - l) s_h for s <= l,
-//                                             (s - l) f_h for s > l,
-// with separate learned past (s_h) and future (f_h) slopes; note that future
-// keys get a positive bias growing with distance, as in the reference.
+//                             bias[h, l, s] = |s - l| s_h for s <= l,
+//                                             |s - l| f_h for s > l,
+// with separate learned past (s_h) and future (f_h) slopes; note that the bias
+// is positive and grows with distance on both sides (0.26.6 takes abs() of
+// the distance before tril/triu), as in the reference.
 // Parameters (learned only): "learned_logslopes" [A, 1, 1] (1.0.0) or
 // [1, A, 1, 1] (0.26.6), plus "learned_logslopes_future" [1, A, 1, 1] for
 // the 0.26.6 non-causal form. The references' cached bias buffer is not
@@ -59,10 +60,10 @@ struct AlibiConfig {
 
 // What the configuration computes (see the header comment).
 enum class AlibiForm {
-  kSymmetric,            // -|s - l| slope          (1.0.0)
-  kKeyIndex,             // s slope                 (0.26.6 causal, fixed)
-  kSigned,               // (s - l) slope           (0.26.6 causal, learned)
-  kSignedBidirectional,  // (s - l) past / future   (0.26.6 non-causal)
+  kSymmetric,              // -|s - l| slope          (1.0.0)
+  kKeyIndex,               // s slope                 (0.26.6 causal, fixed)
+  kSigned,                 // (s - l) slope           (0.26.6 causal, learned)
+  kAbsoluteBidirectional,  // |s - l| past / future  (0.26.6 non-causal)
 };
 
 class Alibi {
@@ -78,7 +79,7 @@ class Alibi {
   AlibiForm form() const { return form_; }
   // Whether the slopes are parameters (0.26.6 non-causal is always learned).
   bool learned() const {
-    return form_ == AlibiForm::kSignedBidirectional || config_.learned;
+    return form_ == AlibiForm::kAbsoluteBidirectional || config_.learned;
   }
 
   // Learned: "learned_logslopes" (and "learned_logslopes_future"); fixed:

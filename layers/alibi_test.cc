@@ -41,8 +41,8 @@ std::vector<double> ReferenceBias(AlibiForm form, int64_t heads,
           case AlibiForm::kSigned:
             value = double(s - l) * past[h];
             break;
-          case AlibiForm::kSignedBidirectional:
-            value = double(s - l) * (s > l ? future[h] : past[h]);
+          case AlibiForm::kAbsoluteBidirectional:
+            value = std::abs(double(s - l)) * (s > l ? future[h] : past[h]);
             break;
         }
         bias[(h * queries + l) * keys + s] = value;
@@ -94,7 +94,7 @@ TEST_F(AlibiTest, VersionsPickTheReferenceForms) {
   EXPECT_EQ(form(v1, false, true), AlibiForm::kSymmetric);
   EXPECT_EQ(form(v0, true, false), AlibiForm::kKeyIndex);
   EXPECT_EQ(form(v0, true, true), AlibiForm::kSigned);
-  EXPECT_EQ(form(v0, false, false), AlibiForm::kSignedBidirectional);
+  EXPECT_EQ(form(v0, false, false), AlibiForm::kAbsoluteBidirectional);
   // 0.26.6 encoders are always learned.
   EXPECT_TRUE(Alibi::Create({.heads = 4, .version = v0}).value().learned());
   EXPECT_FALSE(Alibi::Create({.heads = 4, .version = v1}).value().learned());

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "attention/builder.h"
 #include "attention/favor.h"
+#include "attention/full.h"
 #include "attention/rotary.h"
 #include "kernels/base/rng.h"
 #include "kernels/base/status_macros.h"
@@ -19,6 +20,7 @@
 #include "layers/rezero.h"
 #include "layers/rmsnorm.h"
 #include "layers/scalenorm.h"
+#include "layers/shift_tokens.h"
 #include "nlohmann/json.hpp"
 
 namespace ftx {
@@ -141,6 +143,53 @@ absl::Status ValidateTransformerConfig(const TransformerConfig& c,
                  absl::StrCat(c.dim_head));
     }
   }
+  if (c.shift_tokens < 0) {
+    return Bad("shift_tokens", ">= 0", absl::StrCat(c.shift_tokens));
+  }
+  if (c.sandwich_norm && !c.pre_norm) {
+    return Bad("sandwich_norm", "false when pre_norm is false", "true");
+  }
+  if (c.rel_pos_bias && c.alibi_pos_bias) {
+    return Bad("alibi_pos_bias", "false when rel_pos_bias is set", "true");
+  }
+  if ((c.rel_pos_bias || c.alibi_pos_bias) && c.attn_num_mem_kv > 0) {
+    return Bad("attn_num_mem_kv",
+               "0 with rel_pos_bias or alibi_pos_bias (x-transformers 0.26.6 "
+               "biases the memory columns as key positions)",
+               absl::StrCat(c.attn_num_mem_kv));
+  }
+  if (c.rel_pos_bias) {
+    const absl::Status t5 =
+        T5RelativeBias::Create({.heads = c.heads,
+                                .causal = c.causal,
+                                .num_buckets = c.rel_pos_num_buckets,
+                                .max_distance = c.rel_pos_max_distance})
+            .status();
+    if (!t5.ok()) {
+      return Bad("rel_pos_num_buckets",
+                 "valid with rel_pos_max_distance for the T5 bias",
+                 absl::StrCat(c.rel_pos_num_buckets, " (", t5.message(), ")"));
+    }
+  }
+  if (c.alibi_num_heads < 0 || c.alibi_num_heads > c.heads) {
+    return Bad("alibi_num_heads", absl::StrCat("in [0, heads = ", c.heads, "]"),
+               absl::StrCat(c.alibi_num_heads));
+  }
+  FTX_ASSIGN_OR_RETURN(const std::string layer_types,
+                       XTransformersLayerTypes(c));
+  if (!c.cross_attend && layer_types.find('c') != std::string::npos) {
+    return Bad("custom_layers", "free of 'c' unless cross_attend is set",
+               absl::StrCat("\"", c.custom_layers, "\""));
+  }
+  if (c.emb_dim < 0) return Bad("emb_dim", ">= 0", absl::StrCat(c.emb_dim));
+  if (c.num_memory_tokens < 0) {
+    return Bad("num_memory_tokens", ">= 0", absl::StrCat(c.num_memory_tokens));
+  }
+  if (c.tie_embedding && c.emb_dim != 0 && c.emb_dim != c.dim) {
+    return Bad("emb_dim",
+               absl::StrCat("0 or dim (", c.dim, ") with tie_embedding"),
+               absl::StrCat(c.emb_dim));
+  }
   if (require_wrapper) {
     if (c.num_tokens < 1) {
       return Bad("num_tokens", ">= 1", absl::StrCat(c.num_tokens));
@@ -152,15 +201,165 @@ absl::Status ValidateTransformerConfig(const TransformerConfig& c,
   return absl::OkStatus();
 }
 
-// One sublayer: its norm, its block ('a', 'c' or 'f'), ReZero gain, and the
-// activations its backward needs.
-struct AttentionLayers::Sublayer {
-  char type = 'f';
-  std::string prefix;  // "layers.{i}."
-  bool has_norm = true;
+absl::StatusOr<std::string> XTransformersLayerTypes(
+    const TransformerConfig& c) {
+  std::string block = c.cross_attend ? "acf" : "af";
+  if (c.macaron) block = "f" + block;
+  if (!c.custom_layers.empty()) {
+    if (c.custom_layers.find_first_not_of("acf") != std::string::npos) {
+      return Bad("custom_layers", "made of 'a', 'c' and 'f'",
+                 absl::StrCat("\"", c.custom_layers, "\""));
+    }
+    return c.custom_layers;
+  }
+  const int64_t depth = c.depth;
+  if (c.par_ratio != 0) {
+    const int64_t par_depth = depth * static_cast<int64_t>(block.size());
+    if (c.par_ratio <= 1 || c.par_ratio > par_depth) {
+      return Bad("par_ratio",
+                 absl::StrCat("in (1, depth * block length = ", par_depth, "]"),
+                 absl::StrCat(c.par_ratio));
+    }
+    std::string attention_block;
+    for (char type : block) {
+      if (type != 'f') attention_block += type;
+    }
+    const int64_t par_attn = par_depth / c.par_ratio;
+    const int64_t depth_cut = par_depth * 2 / 3;
+    const int64_t par_width = (depth_cut + depth_cut / par_attn) / par_attn;
+    if (static_cast<int64_t>(attention_block.size()) > par_width) {
+      return Bad("par_ratio",
+                 absl::StrCat("small enough for a PAR width >= ",
+                              attention_block.size()),
+                 absl::StrCat(c.par_ratio));
+    }
+    std::string par_block = attention_block;
+    par_block.append(par_width - attention_block.size(), 'f');
+    std::string types;
+    for (int64_t i = 0; i < par_attn; ++i) types += par_block;
+    types.append(par_depth - static_cast<int64_t>(types.size()), 'f');
+    return types;
+  }
+  if (c.sandwich_coef != 0) {
+    if (c.sandwich_coef < 1 || c.sandwich_coef > depth) {
+      return Bad("sandwich_coef", absl::StrCat("in [1, depth = ", depth, "]"),
+                 absl::StrCat(c.sandwich_coef));
+    }
+    std::string types(c.sandwich_coef, 'a');
+    for (int64_t i = 0; i < depth - c.sandwich_coef; ++i) types += block;
+    types.append(c.sandwich_coef, 'f');
+    return types;
+  }
+  std::string types;
+  for (int64_t i = 0; i < depth; ++i) types += block;
+  return types;
+}
+
+namespace {
+
+// One norm position of a sublayer (pre-norm or post-norm "norm.", or the
+// sandwich "post_branch_norm."): the configured norm kind and the LayerNorm
+// statistics its backward needs. Absent when no norm sits there.
+struct NormSlot {
+  std::string name;  // "norm." or "post_branch_norm."
   std::optional<LayerNormLayer> layer_norm;
   std::optional<RMSNorm> rms_norm;
   std::optional<ScaleNorm> scale_norm;
+  LayerNormCache cache;
+
+  bool present() const { return layer_norm || rms_norm || scale_norm; }
+
+  absl::Status Configure(NormType type, int64_t dim) {
+    switch (type) {
+      case NormType::kLayerNorm: {
+        FTX_ASSIGN_OR_RETURN(LayerNormLayer norm,
+                             LayerNormLayer::Create({.dim = dim}));
+        layer_norm.emplace(std::move(norm));
+        break;
+      }
+      case NormType::kRMSNorm:
+        rms_norm.emplace(RMSNormConfig{.dim = dim});
+        break;
+      case NormType::kScaleNorm:
+        scale_norm.emplace(ScaleNormConfig{.dim = dim});
+        break;
+    }
+    return absl::OkStatus();
+  }
+
+  std::vector<ParamShape> ParamShapes() const {
+    if (layer_norm) return layer_norm->ParamShapes();
+    if (rms_norm) return rms_norm->ParamShapes();
+    if (scale_norm) return scale_norm->ParamShapes();
+    return {};
+  }
+
+  // `base` ends at the sublayer ("attn_layers.layers.{i}.").
+  absl::Status InitParams(ParamStore& store, const std::string& base) const {
+    if (layer_norm) {
+      FTX_ASSIGN_OR_RETURN(TensorView<float> weight,
+                           store.Value(base + name + "weight"));
+      FTX_ASSIGN_OR_RETURN(TensorView<float> bias,
+                           store.Value(base + name + "bias"));
+      return layer_norm->InitParams(weight, bias);
+    }
+    if (!present()) return absl::OkStatus();
+    FTX_ASSIGN_OR_RETURN(TensorView<float> g, store.Value(base + name + "g"));
+    if (rms_norm) {
+      RMSNorm::InitParams(g);
+    } else {
+      scale_norm->InitParams(g);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Forward(const Context& ctx, ParamStore& store,
+                       const std::string& base, TensorView<const float> x,
+                       TensorView<float> y, bool keep_statistics) {
+    if (layer_norm) {
+      FTX_ASSIGN_OR_RETURN(TensorView<float> weight,
+                           store.Value(base + name + "weight"));
+      FTX_ASSIGN_OR_RETURN(TensorView<float> bias,
+                           store.Value(base + name + "bias"));
+      return layer_norm->Forward(ctx, weight, bias, x, y,
+                                 keep_statistics ? &cache : nullptr);
+    }
+    FTX_ASSIGN_OR_RETURN(TensorView<float> g, store.Value(base + name + "g"));
+    if (rms_norm) return rms_norm->Forward(ctx, g, x, y);
+    return scale_norm->Forward(ctx, g, x, y);
+  }
+
+  absl::Status Backward(const Context& ctx, ParamStore& store,
+                        const std::string& base, TensorView<const float> x,
+                        TensorView<const float> d_y, TensorView<float> d_x) {
+    if (layer_norm) {
+      FTX_ASSIGN_OR_RETURN(TensorView<float> weight,
+                           store.Value(base + name + "weight"));
+      FTX_ASSIGN_OR_RETURN(TensorView<float> d_weight,
+                           store.Grad(base + name + "weight"));
+      FTX_ASSIGN_OR_RETURN(TensorView<float> d_bias,
+                           store.Grad(base + name + "bias"));
+      return layer_norm->Backward(ctx, weight, cache, x, d_y, d_x, d_weight,
+                                  d_bias);
+    }
+    FTX_ASSIGN_OR_RETURN(TensorView<float> g, store.Value(base + name + "g"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> d_g, store.Grad(base + name + "g"));
+    if (rms_norm) return rms_norm->Backward(ctx, g, x, d_y, d_x, d_g);
+    return scale_norm->Backward(ctx, g, x, d_y, d_x, d_g);
+  }
+};
+
+}  // namespace
+
+// One sublayer: its norms, its block ('a', 'c' or 'f'), token shift, branch
+// scale, ReZero gain, and the activations its backward needs.
+struct AttentionLayers::Sublayer {
+  char type = 'f';
+  std::string prefix;                              // "layers.{i}."
+  NormSlot norm{"norm."};                          // pre-norm or post-norm
+  NormSlot post_branch_norm{"post_branch_norm."};  // sandwich_norm
+  std::optional<ShiftTokens> shift;
+  float branch_scale = 1.0f;  // macaron: 0.5 on feed-forward branches
   std::unique_ptr<AttentionLayer> attention;
   // Step-wise form of a self-attention sublayer and its rotary, when the stack
   // can decode step-wise.
@@ -169,61 +368,27 @@ struct AttentionLayers::Sublayer {
   std::optional<FeedForward> feed_forward;
   std::optional<ReZero> rezero;
 
-  LayerNormCache norm_cache;
   AttentionLayerCache attention_cache;
   FeedForwardCache ff_cache;
-  Tensor normed;  // pre-norm: norm(x_i), the block input
-  Tensor branch;  // block output
-  Tensor sum;     // post-norm: branch + residual, the norm input
+  Tensor normed;   // pre-norm: norm(x_i)
+  Tensor shifted;  // shift_tokens: the block input
+  Tensor branch;   // block output (times branch_scale)
+  Tensor sum;      // post-norm: branch + residual, the norm input
 
-  std::vector<ParamShape> NormShapes() const {
-    if (layer_norm) return layer_norm->ParamShapes();
-    if (rms_norm) return rms_norm->ParamShapes();
-    if (scale_norm) return scale_norm->ParamShapes();
-    return {};
-  }
-
-  absl::Status NormForward(const Context& ctx, ParamStore& store,
-                           const std::string& base, TensorView<const float> x,
-                           TensorView<float> y) {
-    const std::string name = base + prefix + "norm.";
-    if (layer_norm) {
-      FTX_ASSIGN_OR_RETURN(TensorView<float> weight,
-                           store.Value(name + "weight"));
-      FTX_ASSIGN_OR_RETURN(TensorView<float> bias, store.Value(name + "bias"));
-      return layer_norm->Forward(ctx, weight, bias, x, y, &norm_cache);
-    }
-    FTX_ASSIGN_OR_RETURN(TensorView<float> g, store.Value(name + "g"));
-    if (rms_norm) return rms_norm->Forward(ctx, g, x, y);
-    return scale_norm->Forward(ctx, g, x, y);
-  }
-
-  absl::Status NormBackward(const Context& ctx, ParamStore& store,
-                            const std::string& base, TensorView<const float> x,
-                            TensorView<const float> d_y,
-                            TensorView<float> d_x) {
-    const std::string name = base + prefix + "norm.";
-    if (layer_norm) {
-      FTX_ASSIGN_OR_RETURN(TensorView<float> weight,
-                           store.Value(name + "weight"));
-      FTX_ASSIGN_OR_RETURN(TensorView<float> d_weight,
-                           store.Grad(name + "weight"));
-      FTX_ASSIGN_OR_RETURN(TensorView<float> d_bias, store.Grad(name + "bias"));
-      return layer_norm->Backward(ctx, weight, norm_cache, x, d_y, d_x,
-                                  d_weight, d_bias);
-    }
-    FTX_ASSIGN_OR_RETURN(TensorView<float> g, store.Value(name + "g"));
-    FTX_ASSIGN_OR_RETURN(TensorView<float> d_g, store.Grad(name + "g"));
-    if (rms_norm) return rms_norm->Backward(ctx, g, x, d_y, d_x, d_g);
-    return scale_norm->Backward(ctx, g, x, d_y, d_x, d_g);
-  }
+  std::string Base(const std::string& base) const { return base + prefix; }
 
   std::string BlockPrefix(const std::string& base) const {
     return base + prefix + BlockName(type);
   }
 
+  // The padding mask the token shift zeroes: attention blocks get the
+  // stack's mask, feed-forward blocks none (as x-transformers passes it).
+  LengthMask ShiftLengths(const StackInputs& inputs) const {
+    return type == 'f' ? LengthMask() : inputs.lengths;
+  }
+
   // The attention block's views, looked up with `find` (Value or Grad) and
-  // `find_optional` (memory kv, absent unless configured).
+  // `find_optional` (memory kv and the out bias, absent unless configured).
   template <typename Views, typename Find, typename FindOptional>
   absl::StatusOr<Views> CollectAttentionViews(
       const std::string& base, Find find, FindOptional find_optional) const {
@@ -235,6 +400,8 @@ struct AttentionLayers::Sublayer {
     FTX_ASSIGN_OR_RETURN(views.value_weight,
                          find(p + "value_projection.weight"));
     FTX_ASSIGN_OR_RETURN(views.out_weight, find(p + "out_projection.weight"));
+    FTX_ASSIGN_OR_RETURN(views.out_bias,
+                         find_optional(p + "out_projection.bias"));
     FTX_ASSIGN_OR_RETURN(views.memory_keys, find_optional(p + "memory_keys"));
     FTX_ASSIGN_OR_RETURN(views.memory_values,
                          find_optional(p + "memory_values"));
@@ -334,6 +501,15 @@ absl::Status StepShapeSupport(const TransformerConfig& config) {
                       std::to_string(config.attn_num_mem_kv) +
                       ") are not supported");
   }
+  if (config.shift_tokens > 0) {
+    return NoStepForm("shift_tokens is not supported");
+  }
+  if (config.rel_pos_bias || config.alibi_pos_bias) {
+    return NoStepForm("rel_pos_bias and alibi_pos_bias are not supported");
+  }
+  if (config.num_memory_tokens > 0) {
+    return NoStepForm("memory tokens (num_memory_tokens) are not supported");
+  }
   if (config.attention == "favor") {
     const auto it = config.attention_options.find("key_stabilizer");
     const std::string* stabilizer = it == config.attention_options.end()
@@ -366,35 +542,56 @@ absl::StatusOr<std::unique_ptr<AttentionLayers>> AttentionLayers::Create(
     const TransformerConfig& config, const AttentionRegistry& registry) {
   FTX_RETURN_IF_ERROR(
       ValidateTransformerConfig(config, /*require_wrapper=*/false));
-  const std::string block = config.cross_attend ? "acf" : "af";
-  std::string types;
-  for (int64_t d = 0; d < config.depth; ++d) types += block;
+  FTX_ASSIGN_OR_RETURN(std::string types, XTransformersLayerTypes(config));
   std::unique_ptr<AttentionLayers> layers(new AttentionLayers(config, types));
   layers->step_support_ = StepShapeSupport(config);
+  const bool position_bias = config.rel_pos_bias || config.alibi_pos_bias;
+  if (config.rel_pos_bias) {
+    FTX_ASSIGN_OR_RETURN(
+        T5RelativeBias bias,
+        T5RelativeBias::Create(
+            {.heads = config.heads,
+             .causal = config.causal,
+             .num_buckets = config.rel_pos_num_buckets,
+             .max_distance = config.rel_pos_max_distance,
+             .scale = T5RelativeBias::XTransformersScale(config.dim_head)}));
+    layers->t5_bias_.emplace(std::move(bias));
+  }
+  if (config.alibi_pos_bias) {
+    FTX_ASSIGN_OR_RETURN(
+        Alibi alibi,
+        Alibi::Create({.heads = config.heads,
+                       .alibi_heads = config.alibi_num_heads,
+                       .causal = config.causal,
+                       .learned = config.alibi_learned,
+                       .version = AlibiVersion::kXTransformers0_26_6}));
+    layers->alibi_.emplace(std::move(alibi));
+  }
   for (size_t i = 0; i < types.size(); ++i) {
     auto sub = std::make_unique<Sublayer>();
     sub->type = types[i];
     sub->prefix = SublayerPrefix(static_cast<int64_t>(i));
-    sub->has_norm = !config.use_rezero;
-    if (sub->has_norm) {
-      switch (config.norm) {
-        case NormType::kLayerNorm: {
-          FTX_ASSIGN_OR_RETURN(LayerNormLayer norm,
-                               LayerNormLayer::Create({.dim = config.dim}));
-          sub->layer_norm.emplace(std::move(norm));
-          break;
-        }
-        case NormType::kRMSNorm:
-          sub->rms_norm.emplace(RMSNormConfig{.dim = config.dim});
-          break;
-        case NormType::kScaleNorm:
-          sub->scale_norm.emplace(ScaleNormConfig{.dim = config.dim});
-          break;
-      }
-    } else {
+    const bool last = i + 1 == types.size();
+    if (config.use_rezero) {
       sub->rezero.emplace(ReZeroConfig{.initial_gain = 0.0f});
+    } else {
+      if (config.pre_norm || !last) {
+        FTX_RETURN_IF_ERROR(sub->norm.Configure(config.norm, config.dim));
+      }
+      if (config.sandwich_norm) {
+        FTX_RETURN_IF_ERROR(
+            sub->post_branch_norm.Configure(config.norm, config.dim));
+      }
+    }
+    if (config.shift_tokens > 0) {
+      FTX_ASSIGN_OR_RETURN(
+          ShiftTokens shift,
+          ShiftTokens::Create({.shifts = XTransformersShifts(
+                                   config.shift_tokens, config.causal)}));
+      sub->shift.emplace(std::move(shift));
     }
     if (sub->type == 'f') {
+      sub->branch_scale = config.macaron ? 0.5f : 1.0f;
       FeedForwardConfig ff;
       ff.dim = config.dim;
       ff.mult = config.ff_mult;
@@ -421,6 +618,12 @@ absl::StatusOr<std::unique_ptr<AttentionLayers>> AttentionLayers::Create(
           BuildMechanism(config, registry,
                          cross ? config.cross_attention : config.attention,
                          !cross && config.causal));
+      if (!cross && position_bias && !inner->SupportsHeadBias()) {
+        return Bad("attention",
+                   "a mechanism that takes a score bias (e.g. \"full\") with "
+                   "rel_pos_bias or alibi_pos_bias",
+                   absl::StrCat("\"", config.attention, "\""));
+      }
       std::unique_ptr<QKTransform> rotary;
       if (config.rotary_pos_emb && !cross) {
         FTX_ASSIGN_OR_RETURN(
@@ -430,6 +633,7 @@ absl::StatusOr<std::unique_ptr<AttentionLayers>> AttentionLayers::Create(
                      config.dim_head, config.rotary_emb_dim)}));
         sub->step_rotary.emplace(embedding);
         rotary = std::make_unique<RotaryEmbedding>(std::move(embedding));
+        attn.transform_values = config.rotary_rotate_values;
       }
       if (!cross && layers->step_support_.ok()) {
         absl::StatusOr<std::unique_ptr<RecurrentAttention>> recurrent =
@@ -457,8 +661,12 @@ std::vector<ParamShape> AttentionLayers::ParamShapes() const {
       shapes.push_back(std::move(shape));
     }
   };
+  if (t5_bias_) append("rel_pos.", t5_bias_->ParamShapes());
+  if (alibi_) append("rel_pos.", alibi_->ParamShapes());
   for (const auto& sub : sublayers_) {
-    append(sub->prefix + "norm.", sub->NormShapes());
+    append(sub->prefix + sub->norm.name, sub->norm.ParamShapes());
+    append(sub->prefix + sub->post_branch_norm.name,
+           sub->post_branch_norm.ParamShapes());
     if (sub->rezero)
       append(sub->prefix + "rezero.", sub->rezero->ParamShapes());
     if (sub->attention) {
@@ -475,23 +683,29 @@ absl::Status AttentionLayers::InitParams(const Context& ctx, ParamStore& store,
                                          absl::string_view prefix) const {
   const std::string base(prefix);
   uint64_t tensor_index = 0;
+  if (t5_bias_) {
+    FTX_ASSIGN_OR_RETURN(
+        TensorView<float> weight,
+        store.Value(base + "rel_pos.relative_attention_bias.weight"));
+    FTX_RETURN_IF_ERROR(t5_bias_->InitParams(
+        ctx, weight, SubSeed(config_.seed, (1u << 20) + 16)));
+  }
+  if (alibi_ && alibi_->learned()) {
+    FTX_ASSIGN_OR_RETURN(
+        TensorView<float> log_slopes,
+        OptionalValue(store, base + "rel_pos.learned_logslopes"));
+    FTX_ASSIGN_OR_RETURN(
+        TensorView<float> log_slopes_future,
+        OptionalValue(store, base + "rel_pos.learned_logslopes_future"));
+    FTX_RETURN_IF_ERROR(alibi_->InitParams(log_slopes, log_slopes_future));
+  }
   for (const auto& sub : sublayers_) {
-    const std::string norm = base + sub->prefix + "norm.";
-    if (sub->layer_norm) {
-      FTX_ASSIGN_OR_RETURN(TensorView<float> weight,
-                           store.Value(norm + "weight"));
-      FTX_ASSIGN_OR_RETURN(TensorView<float> bias, store.Value(norm + "bias"));
-      FTX_RETURN_IF_ERROR(sub->layer_norm->InitParams(weight, bias));
-    } else if (sub->rms_norm) {
-      FTX_ASSIGN_OR_RETURN(TensorView<float> g, store.Value(norm + "g"));
-      RMSNorm::InitParams(g);
-    } else if (sub->scale_norm) {
-      FTX_ASSIGN_OR_RETURN(TensorView<float> g, store.Value(norm + "g"));
-      sub->scale_norm->InitParams(g);
-    }
+    FTX_RETURN_IF_ERROR(sub->norm.InitParams(store, sub->Base(base)));
+    FTX_RETURN_IF_ERROR(
+        sub->post_branch_norm.InitParams(store, sub->Base(base)));
     if (sub->rezero) {
       FTX_ASSIGN_OR_RETURN(TensorView<float> g,
-                           store.Value(base + sub->prefix + "rezero.g"));
+                           store.Value(sub->Base(base) + "rezero.g"));
       sub->rezero->InitParams(g);
     }
     if (sub->feed_forward) {
@@ -518,6 +732,72 @@ absl::Status AttentionLayers::InitParams(const Context& ctx, ParamStore& store,
   }
   return absl::OkStatus();
 }
+
+absl::Status AttentionLayers::PositionBiasForward(const Context& ctx,
+                                                  ParamStore& store,
+                                                  const std::string& base,
+                                                  int64_t length) {
+  if (!t5_bias_ && !alibi_) return absl::OkStatus();
+  FTX_ASSIGN_OR_RETURN(TensorView<float> bias,
+                       Buffer(position_bias_, {config_.heads, length, length}));
+  if (t5_bias_) {
+    FTX_ASSIGN_OR_RETURN(
+        TensorView<float> weight,
+        store.Value(base + "rel_pos.relative_attention_bias.weight"));
+    return t5_bias_->Forward(ctx, weight, bias);
+  }
+  FTX_ASSIGN_OR_RETURN(
+      TensorView<float> log_slopes,
+      OptionalValue(store, base + "rel_pos.learned_logslopes"));
+  FTX_ASSIGN_OR_RETURN(
+      TensorView<float> log_slopes_future,
+      OptionalValue(store, base + "rel_pos.learned_logslopes_future"));
+  return alibi_->Forward(ctx, log_slopes, log_slopes_future, bias);
+}
+
+absl::Status AttentionLayers::PositionBiasBackward(const Context& ctx,
+                                                   ParamStore& store,
+                                                   const std::string& base) {
+  if (t5_bias_) {
+    FTX_ASSIGN_OR_RETURN(
+        TensorView<float> d_weight,
+        store.Grad(base + "rel_pos.relative_attention_bias.weight"));
+    return t5_bias_->Backward(ctx, d_position_bias_.view<float>(), d_weight);
+  }
+  if (alibi_ && alibi_->learned()) {
+    FTX_ASSIGN_OR_RETURN(
+        TensorView<float> log_slopes,
+        OptionalValue(store, base + "rel_pos.learned_logslopes"));
+    FTX_ASSIGN_OR_RETURN(
+        TensorView<float> log_slopes_future,
+        OptionalValue(store, base + "rel_pos.learned_logslopes_future"));
+    FTX_ASSIGN_OR_RETURN(
+        TensorView<float> d_log_slopes,
+        OptionalGrad(store, base + "rel_pos.learned_logslopes"));
+    FTX_ASSIGN_OR_RETURN(
+        TensorView<float> d_log_slopes_future,
+        OptionalGrad(store, base + "rel_pos.learned_logslopes_future"));
+    return alibi_->Backward(ctx, log_slopes, log_slopes_future,
+                            d_position_bias_.view<float>(), d_log_slopes,
+                            d_log_slopes_future);
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// x *= scale over a contiguous tensor.
+void ScaleInPlace(const Context& ctx, TensorView<float> x, float scale) {
+  float* data = x.data();
+  ctx.pool().ParallelFor(
+      x.NumElements(),
+      [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) data[i] *= scale;
+      },
+      4096);
+}
+
+}  // namespace
 
 absl::Status AttentionLayers::Forward(const Context& ctx, ParamStore& store,
                                       absl::string_view prefix,
@@ -551,21 +831,30 @@ absl::Status AttentionLayers::Forward(const Context& ctx, ParamStore& store,
         "AttentionLayers: a context was given but cross_attend is false");
   }
   const Shape shape = x.shape();
+  FTX_RETURN_IF_ERROR(PositionBiasForward(ctx, store, base, x.dim(1)));
   const size_t count = sublayers_.size();
   activations_.resize(count + 1);
   FTX_ASSIGN_OR_RETURN(TensorView<float> first, Buffer(activations_[0], shape));
   Copy(ctx, x, first);
   for (size_t i = 0; i < count; ++i) {
     Sublayer& sub = *sublayers_[i];
-    const bool last = i + 1 == count;
+    const bool post_norm = !config_.pre_norm && sub.norm.present();
     TensorView<const float> input = activations_[i].view<float>();
     FTX_ASSIGN_OR_RETURN(TensorView<float> output,
                          Buffer(activations_[i + 1], shape));
     TensorView<const float> hidden = input;
-    if (config_.pre_norm && sub.has_norm) {
+    if (config_.pre_norm && sub.norm.present()) {
       FTX_ASSIGN_OR_RETURN(TensorView<float> normed, Buffer(sub.normed, shape));
-      FTX_RETURN_IF_ERROR(sub.NormForward(ctx, store, base, input, normed));
+      FTX_RETURN_IF_ERROR(
+          sub.norm.Forward(ctx, store, sub.Base(base), input, normed, true));
       hidden = normed;
+    }
+    if (sub.shift) {
+      FTX_ASSIGN_OR_RETURN(TensorView<float> shifted,
+                           Buffer(sub.shifted, shape));
+      FTX_RETURN_IF_ERROR(
+          sub.shift->Forward(ctx, hidden, sub.ShiftLengths(inputs), shifted));
+      hidden = shifted;
     }
     FTX_ASSIGN_OR_RETURN(TensorView<float> branch, Buffer(sub.branch, shape));
     const uint64_t seed = inputs.seed * 1000003ull + i;
@@ -587,6 +876,9 @@ absl::Status AttentionLayers::Forward(const Context& ctx, ParamStore& store,
       masks.key_lengths = cross ? inputs.context_lengths : inputs.lengths;
       masks.training = inputs.training;
       masks.seed = seed;
+      if (!cross && position_bias_.NumElements() > 0) {
+        masks.head_bias = position_bias_.view<float>();
+      }
       FTX_ASSIGN_OR_RETURN(AttentionLayerParams params,
                            sub.AttentionParams(store, base));
       FTX_RETURN_IF_ERROR(sub.attention->Forward(
@@ -594,21 +886,25 @@ absl::Status AttentionLayers::Forward(const Context& ctx, ParamStore& store,
           cross ? inputs.context : TensorView<const float>(), masks, branch,
           &sub.attention_cache));
     }
+    if (sub.branch_scale != 1.0f) ScaleInPlace(ctx, branch, sub.branch_scale);
     TensorView<float> target = output;
-    const bool post_norm = !config_.pre_norm && sub.has_norm && !last;
     if (post_norm) {
       FTX_ASSIGN_OR_RETURN(target, Buffer(sub.sum, shape));
     }
-    if (sub.rezero) {
+    if (sub.post_branch_norm.present()) {
+      FTX_RETURN_IF_ERROR(sub.post_branch_norm.Forward(
+          ctx, store, sub.Base(base), branch, target, true));
+    } else if (sub.rezero) {
       FTX_ASSIGN_OR_RETURN(TensorView<float> g,
-                           store.Value(base + sub.prefix + "rezero.g"));
+                           store.Value(sub.Base(base) + "rezero.g"));
       FTX_RETURN_IF_ERROR(sub.rezero->Forward(ctx, g, branch, target));
     } else {
       Copy(ctx, branch, target);
     }
     AddInto(ctx, target, input);
     if (post_norm) {
-      FTX_RETURN_IF_ERROR(sub.NormForward(ctx, store, base, target, output));
+      FTX_RETURN_IF_ERROR(
+          sub.norm.Forward(ctx, store, sub.Base(base), target, output, true));
     }
   }
   Copy(ctx, activations_[count].view<float>(), y);
@@ -647,33 +943,57 @@ absl::Status AttentionLayers::Backward(const Context& ctx, ParamStore& store,
       d_context.data()[i] = 0.0f;
     }
   }
+  const bool position_bias = position_bias_.NumElements() > 0;
+  if (position_bias) {
+    // Zero-filled: every self-attention sublayer adds its part.
+    FTX_RETURN_IF_ERROR(
+        EnsureTensor(d_position_bias_, position_bias_.shape(), Device::Cpu()));
+    std::fill(d_position_bias_.data<float>(),
+              d_position_bias_.data<float>() + d_position_bias_.NumElements(),
+              0.0f);
+  }
   FTX_ASSIGN_OR_RETURN(TensorView<float> d_current, Buffer(d_current_, shape));
   FTX_ASSIGN_OR_RETURN(TensorView<float> d_hidden, Buffer(d_hidden_, shape));
   Copy(ctx, d_y, d_current);
   const size_t count = sublayers_.size();
   for (size_t i = count; i-- > 0;) {
     Sublayer& sub = *sublayers_[i];
-    const bool last = i + 1 == count;
+    const std::string sub_base = sub.Base(base);
     TensorView<const float> input = activations_[i].view<float>();
     // d of branch + residual.
     TensorView<float> d_sum = d_current;
-    if (!config_.pre_norm && sub.has_norm && !last) {
+    if (!config_.pre_norm && sub.norm.present()) {
       FTX_ASSIGN_OR_RETURN(d_sum, Buffer(d_sum_, shape));
-      FTX_RETURN_IF_ERROR(sub.NormBackward(
-          ctx, store, base, sub.sum.view<float>(), d_current, d_sum));
+      FTX_RETURN_IF_ERROR(sub.norm.Backward(
+          ctx, store, sub_base, sub.sum.view<float>(), d_current, d_sum));
     }
+    // d of the (scaled) block output; never aliases d_sum when it is scaled
+    // below, since d_sum is also the skip path's gradient.
     TensorView<float> d_branch = d_sum;
-    if (sub.rezero) {
+    if (sub.post_branch_norm.present() || sub.rezero ||
+        sub.branch_scale != 1.0f) {
       FTX_ASSIGN_OR_RETURN(d_branch, Buffer(d_branch_, shape));
-      const std::string name = base + sub.prefix + "rezero.g";
-      FTX_ASSIGN_OR_RETURN(TensorView<float> g, store.Value(name));
-      FTX_ASSIGN_OR_RETURN(TensorView<float> d_g, store.Grad(name));
-      FTX_RETURN_IF_ERROR(sub.rezero->Backward(ctx, g, sub.branch.view<float>(),
-                                               d_sum, d_branch, d_g));
+      if (sub.post_branch_norm.present()) {
+        FTX_RETURN_IF_ERROR(sub.post_branch_norm.Backward(
+            ctx, store, sub_base, sub.branch.view<float>(), d_sum, d_branch));
+      } else if (sub.rezero) {
+        const std::string name = sub_base + "rezero.g";
+        FTX_ASSIGN_OR_RETURN(TensorView<float> g, store.Value(name));
+        FTX_ASSIGN_OR_RETURN(TensorView<float> d_g, store.Grad(name));
+        FTX_RETURN_IF_ERROR(sub.rezero->Backward(
+            ctx, g, sub.branch.view<float>(), d_sum, d_branch, d_g));
+      } else {
+        Copy(ctx, d_sum, d_branch);
+      }
+      if (sub.branch_scale != 1.0f) {
+        ScaleInPlace(ctx, d_branch, sub.branch_scale);
+      }
     }
-    const bool pre_norm = config_.pre_norm && sub.has_norm;
-    TensorView<const float> hidden =
+    const bool pre_norm = config_.pre_norm && sub.norm.present();
+    TensorView<const float> normed =
         pre_norm ? TensorView<const float>(sub.normed.view<float>()) : input;
+    TensorView<const float> hidden =
+        sub.shift ? TensorView<const float>(sub.shifted.view<float>()) : normed;
     if (sub.feed_forward) {
       FTX_ASSIGN_OR_RETURN(FeedForwardTensors<float> params,
                            sub.FeedForwardViews(store, base, false));
@@ -698,6 +1018,10 @@ absl::Status AttentionLayers::Backward(const Context& ctx, ParamStore& store,
                            sub.AttentionParams(store, base));
       FTX_ASSIGN_OR_RETURN(AttentionLayerGrads grads,
                            sub.AttentionGradViews(store, base));
+      if (!cross && position_bias) {
+        masks.head_bias = position_bias_.view<float>();
+        grads.head_bias = d_position_bias_.view<float>();
+      }
       TensorView<float> d_context_part;
       if (cross) {
         FTX_ASSIGN_OR_RETURN(
@@ -710,20 +1034,77 @@ absl::Status AttentionLayers::Backward(const Context& ctx, ParamStore& store,
           sub.attention_cache, d_branch, d_hidden, d_context_part, grads));
       if (cross && want_context) AddInto(ctx, d_context, d_context_part);
     }
+    TensorView<const float> d_normed_input = d_hidden;
+    if (sub.shift) {
+      FTX_ASSIGN_OR_RETURN(TensorView<float> d_shifted,
+                           Buffer(d_shifted_, shape));
+      FTX_RETURN_IF_ERROR(sub.shift->Backward(
+          ctx, sub.ShiftLengths(last_inputs_), d_hidden, d_shifted));
+      d_normed_input = d_shifted;
+    }
     // d_x_i = d_sum (skip path) + d_block_input (through the pre-norm).
-    TensorView<const float> d_block_input = d_hidden;
+    TensorView<const float> d_block_input = d_normed_input;
     if (pre_norm) {
       FTX_ASSIGN_OR_RETURN(TensorView<float> d_normed,
                            Buffer(d_normed_, shape));
-      FTX_RETURN_IF_ERROR(
-          sub.NormBackward(ctx, store, base, input, d_hidden, d_normed));
+      FTX_RETURN_IF_ERROR(sub.norm.Backward(ctx, store, sub_base, input,
+                                            d_normed_input, d_normed));
       d_block_input = d_normed;
     }
     if (d_sum.data() != d_current.data()) Copy(ctx, d_sum, d_current);
     AddInto(ctx, d_current, d_block_input);
   }
   Copy(ctx, d_current, d_x);
+  if (position_bias) {
+    FTX_RETURN_IF_ERROR(PositionBiasBackward(ctx, store, base));
+  }
   return absl::OkStatus();
+}
+
+std::vector<TensorView<const float>> AttentionLayers::Hiddens() const {
+  std::vector<TensorView<const float>> hiddens;
+  if (activations_.size() != sublayers_.size() + 1) return hiddens;
+  for (size_t i = 0; i < sublayers_.size(); ++i) {
+    if (sublayers_[i]->type == 'a') {
+      hiddens.push_back(activations_[i].view<float>());
+    }
+  }
+  return hiddens;
+}
+
+absl::StatusOr<std::vector<Tensor>> AttentionLayers::AttentionMaps() const {
+  if (!saved_) {
+    return absl::FailedPreconditionError(
+        "AttentionLayers::AttentionMaps needs a Forward with "
+        "save_for_backward");
+  }
+  std::vector<Tensor> maps;
+  for (const auto& sub : sublayers_) {
+    if (!sub->attention) continue;
+    const auto* full =
+        dynamic_cast<const FullAttention*>(&sub->attention->inner());
+    const AttentionCache& inner = sub->attention_cache.inner;
+    if (full == nullptr || inner.saved.empty()) {
+      return absl::UnimplementedError(absl::StrCat(
+          "AttentionLayers::AttentionMaps: sublayer ", sub->prefix,
+          " does not use \"full\" attention, which alone keeps its maps"));
+    }
+    // "full" keeps the probabilities as [H, N, L, S] (attention/full.cc).
+    const TensorView<const float> probabilities = inner.saved[0].view<float>();
+    const int64_t H = probabilities.dim(0), N = probabilities.dim(1),
+                  L = probabilities.dim(2), S = probabilities.dim(3);
+    FTX_ASSIGN_OR_RETURN(
+        Tensor map, Tensor::Create(DType::kF32, {N, H, L, S}, Device::Cpu()));
+    float* out = map.data<float>();
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t h = 0; h < H; ++h) {
+        const float* source = &probabilities.at(h, n, 0, 0);
+        std::copy(source, source + L * S, out + (n * H + h) * L * S);
+      }
+    }
+    maps.push_back(std::move(map));
+  }
+  return maps;
 }
 
 absl::Status AttentionLayers::StartDecode(DecodeState& state) const {
@@ -797,12 +1178,13 @@ absl::Status AttentionLayers::Step(const Context& ctx, ParamStore& store,
   const size_t count = sublayers_.size();
   for (size_t i = 0; i < count; ++i) {
     Sublayer& sub = *sublayers_[i];
-    const bool last = i + 1 == count;
+    const std::string sub_base = sub.Base(base);
     TensorView<const float> hidden = current;
-    if (config_.pre_norm && sub.has_norm) {
+    if (config_.pre_norm && sub.norm.present()) {
       FTX_ASSIGN_OR_RETURN(TensorView<float> normed,
                            Buffer(state.normed_, shape));
-      FTX_RETURN_IF_ERROR(sub.NormForward(ctx, store, base, current, normed));
+      FTX_RETURN_IF_ERROR(
+          sub.norm.Forward(ctx, store, sub_base, current, normed, false));
       hidden = normed;
     }
     FTX_ASSIGN_OR_RETURN(TensorView<float> branch,
@@ -835,6 +1217,10 @@ absl::Status AttentionLayers::Step(const Context& ctx, ParamStore& store,
             ctx, query.Reshape({B, 1, H, E}), position));
         FTX_RETURN_IF_ERROR(sub.step_rotary->Forward(
             ctx, key.Reshape({B, 1, kv_heads, E}), position));
+        if (sub.attention->config().transform_values) {
+          FTX_RETURN_IF_ERROR(sub.step_rotary->Forward(
+              ctx, value.Reshape({B, 1, kv_heads, E}), position));
+        }
       }
       TensorView<const float> step_key = key.Reshape({B, kv_heads, E});
       TensorView<const float> step_value = value.Reshape({B, kv_heads, E});
@@ -854,24 +1240,29 @@ absl::Status AttentionLayers::Step(const Context& ctx, ParamStore& store,
                                               step_key, step_value, attended,
                                               *state.attention_states_[i]));
       FTX_RETURN_IF_ERROR(LinearForward(ctx, attended.Reshape({B, 1, H * E}),
-                                        params.out_weight,
-                                        TensorView<const float>(), branch));
+                                        params.out_weight, params.out_bias,
+                                        branch));
     }
+    if (sub.branch_scale != 1.0f) ScaleInPlace(ctx, branch, sub.branch_scale);
     TensorView<float> target = next;
-    const bool post_norm = !config_.pre_norm && sub.has_norm && !last;
+    const bool post_norm = !config_.pre_norm && sub.norm.present();
     if (post_norm) {
       FTX_ASSIGN_OR_RETURN(target, Buffer(state.sum_, shape));
     }
-    if (sub.rezero) {
+    if (sub.post_branch_norm.present()) {
+      FTX_RETURN_IF_ERROR(sub.post_branch_norm.Forward(ctx, store, sub_base,
+                                                       branch, target, false));
+    } else if (sub.rezero) {
       FTX_ASSIGN_OR_RETURN(TensorView<float> g,
-                           store.Value(base + sub.prefix + "rezero.g"));
+                           store.Value(sub_base + "rezero.g"));
       FTX_RETURN_IF_ERROR(sub.rezero->Forward(ctx, g, branch, target));
     } else {
       Copy(ctx, branch, target);
     }
     AddInto(ctx, target, current);
     if (post_norm) {
-      FTX_RETURN_IF_ERROR(sub.NormForward(ctx, store, base, target, next));
+      FTX_RETURN_IF_ERROR(
+          sub.norm.Forward(ctx, store, sub_base, target, next, false));
     }
     std::swap(current, next);
   }
@@ -885,15 +1276,26 @@ absl::StatusOr<std::unique_ptr<TransformerWrapper>> TransformerWrapper::Create(
       ValidateTransformerConfig(config, /*require_wrapper=*/true));
   FTX_ASSIGN_OR_RETURN(std::unique_ptr<AttentionLayers> layers,
                        AttentionLayers::Create(config, registry));
+  FTX_ASSIGN_OR_RETURN(
+      MemoryTokens memory_tokens,
+      MemoryTokens::Create(
+          {.num_memory_tokens = config.num_memory_tokens, .dim = config.dim}));
   return std::unique_ptr<TransformerWrapper>(
-      new TransformerWrapper(config, std::move(layers)));
+      new TransformerWrapper(config, std::move(layers), memory_tokens));
 }
 
 std::vector<ParamShape> TransformerWrapper::ParamShapes() const {
-  const int64_t V = config_.num_tokens, C = config_.dim;
-  std::vector<ParamShape> shapes = {{"token_emb.weight", {V, C}}};
+  const int64_t V = config_.num_tokens, C = config_.dim, E = emb_dim();
+  std::vector<ParamShape> shapes = {{"token_emb.weight", {V, E}}};
   if (uses_abs_pos_emb()) {
-    shapes.push_back({"pos_emb.emb.weight", {config_.max_seq_len, C}});
+    shapes.push_back({"pos_emb.emb.weight", {config_.max_seq_len, E}});
+  }
+  if (projects_emb()) {
+    shapes.push_back({"project_emb.weight", {C, E}});
+    shapes.push_back({"project_emb.bias", {C}});
+  }
+  if (config_.num_memory_tokens > 0) {
+    shapes.push_back({"memory_tokens", {config_.num_memory_tokens, C}});
   }
   for (ParamShape& shape : WithPrefix("attn_layers.", layers_->ParamShapes())) {
     shapes.push_back(std::move(shape));
@@ -902,16 +1304,17 @@ std::vector<ParamShape> TransformerWrapper::ParamShapes() const {
     shapes.push_back({"norm.weight", {C}});
     shapes.push_back({"norm.bias", {C}});
   }
-  shapes.push_back({"to_logits.weight", {V, C}});
-  shapes.push_back({"to_logits.bias", {V}});
+  if (!config_.tie_embedding) {
+    shapes.push_back({"to_logits.weight", {V, C}});
+    shapes.push_back({"to_logits.bias", {V}});
+  }
   return shapes;
 }
 
 namespace {
 
-AbsolutePositions PositionsOf(const TransformerConfig& config) {
-  return AbsolutePositions(
-      {.max_seq_len = config.max_seq_len, .dim = config.dim});
+AbsolutePositions PositionsOf(const TransformerConfig& config, int64_t dim) {
+  return AbsolutePositions({.max_seq_len = config.max_seq_len, .dim = dim});
 }
 
 LayerNormLayer FinalNorm(const TransformerConfig& config) {
@@ -920,20 +1323,55 @@ LayerNormLayer FinalNorm(const TransformerConfig& config) {
 
 }  // namespace
 
+absl::Status TransformerWrapper::LogitsParams(ParamStore& store,
+                                              TensorView<float>& weight,
+                                              TensorView<float>& bias,
+                                              bool gradients) const {
+  auto find = [&](const std::string& name) {
+    return gradients ? store.Grad(name) : store.Value(name);
+  };
+  if (config_.tie_embedding) {
+    FTX_ASSIGN_OR_RETURN(weight, find("token_emb.weight"));
+    bias = TensorView<float>();
+    return absl::OkStatus();
+  }
+  FTX_ASSIGN_OR_RETURN(weight, find("to_logits.weight"));
+  FTX_ASSIGN_OR_RETURN(bias, find("to_logits.bias"));
+  return absl::OkStatus();
+}
+
 absl::Status TransformerWrapper::InitParams(const Context& ctx,
                                             ParamStore& store) const {
   const uint64_t seed = config_.seed;
-  // kaiming_normal_ (fan_in = C, gain sqrt(2)), as x-transformers.
+  const int64_t E = emb_dim();
+  // kaiming_normal_ (fan_in = E, gain sqrt(2)), as x-transformers.
   FTX_ASSIGN_OR_RETURN(TensorView<float> token,
                        store.Value("token_emb.weight"));
-  FTX_RETURN_IF_ERROR(FillNormal(
-      ctx, token, 0.0f, std::sqrt(2.0f / static_cast<float>(config_.dim)),
-      {.seed = SubSeed(seed, 1u << 20)}));
+  FTX_RETURN_IF_ERROR(FillNormal(ctx, token, 0.0f,
+                                 std::sqrt(2.0f / static_cast<float>(E)),
+                                 {.seed = SubSeed(seed, 1u << 20)}));
   if (uses_abs_pos_emb()) {
     FTX_ASSIGN_OR_RETURN(TensorView<float> pos,
                          store.Value("pos_emb.emb.weight"));
-    FTX_RETURN_IF_ERROR(PositionsOf(config_).InitParams(
-        ctx, pos, SubSeed(seed, (1u << 20) + 1)));
+    FTX_RETURN_IF_ERROR(
+        PositionsOf(config_, E)
+            .InitParams(ctx, pos, SubSeed(seed, (1u << 20) + 1)));
+  }
+  if (projects_emb()) {
+    const float bound = 1.0f / std::sqrt(static_cast<float>(E));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> w,
+                         store.Value("project_emb.weight"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> b, store.Value("project_emb.bias"));
+    FTX_RETURN_IF_ERROR(FillUniform(ctx, w, -bound, bound,
+                                    {.seed = SubSeed(seed, (1u << 20) + 4)}));
+    FTX_RETURN_IF_ERROR(FillUniform(ctx, b, -bound, bound,
+                                    {.seed = SubSeed(seed, (1u << 20) + 5)}));
+  }
+  if (config_.num_memory_tokens > 0) {
+    FTX_ASSIGN_OR_RETURN(TensorView<float> memory,
+                         store.Value("memory_tokens"));
+    FTX_RETURN_IF_ERROR(
+        memory_tokens_.InitParams(ctx, memory, SubSeed(seed, (1u << 20) + 6)));
   }
   FTX_RETURN_IF_ERROR(layers_->InitParams(ctx, store, "attn_layers."));
   if (config_.final_norm) {
@@ -941,6 +1379,7 @@ absl::Status TransformerWrapper::InitParams(const Context& ctx,
     FTX_ASSIGN_OR_RETURN(TensorView<float> bias, store.Value("norm.bias"));
     FTX_RETURN_IF_ERROR(FinalNorm(config_).InitParams(weight, bias));
   }
+  if (config_.tie_embedding) return absl::OkStatus();
   const float bound = 1.0f / std::sqrt(static_cast<float>(config_.dim));
   FTX_ASSIGN_OR_RETURN(TensorView<float> w, store.Value("to_logits.weight"));
   FTX_ASSIGN_OR_RETURN(TensorView<float> b, store.Value("to_logits.bias"));
@@ -963,7 +1402,8 @@ absl::Status TransformerWrapper::Forward(const Context& ctx, ParamStore& store,
         "int32 tensor");
   }
   const int64_t B = tokens.dim(0), T = tokens.dim(1), C = config_.dim,
-                V = config_.num_tokens;
+                V = config_.num_tokens, E = emb_dim(),
+                M = config_.num_memory_tokens;
   if (T > config_.max_seq_len) {
     return absl::InvalidArgumentError(
         absl::StrCat("TransformerWrapper: sequence length ", T,
@@ -985,43 +1425,65 @@ absl::Status TransformerWrapper::Forward(const Context& ctx, ParamStore& store,
                      inputs.return_embeddings ? "embeddings" : "logits", ")"));
   }
   FTX_ASSIGN_OR_RETURN(TensorView<float> embedded,
-                       Buffer(embedded_, {B, T, C}));
+                       Buffer(embedded_, {B, T, E}));
   FTX_ASSIGN_OR_RETURN(TensorView<float> token,
                        store.Value("token_emb.weight"));
   ctx.pool().ParallelFor(B * T, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const float* row = token.data() + tokens.data()[r] * C;
-      float* target = embedded.data() + r * C;
-      for (int64_t c = 0; c < C; ++c) target[c] = row[c];
+      const float* row = token.data() + tokens.data()[r] * E;
+      std::copy(row, row + E, embedded.data() + r * E);
     }
   });
   if (uses_abs_pos_emb()) {
     FTX_ASSIGN_OR_RETURN(TensorView<float> pos,
                          store.Value("pos_emb.emb.weight"));
-    FTX_RETURN_IF_ERROR(PositionsOf(config_).Forward(ctx, pos, 0, embedded));
+    FTX_RETURN_IF_ERROR(PositionsOf(config_, E).Forward(ctx, pos, 0, embedded));
+  }
+  TensorView<float> projected = embedded;
+  if (projects_emb()) {
+    FTX_ASSIGN_OR_RETURN(projected, Buffer(projected_, {B, T, C}));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> w,
+                         store.Value("project_emb.weight"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> b, store.Value("project_emb.bias"));
+    FTX_RETURN_IF_ERROR(LinearForward(ctx, embedded, w, b, projected));
+  }
+  TensorView<float> stack_in = projected;
+  stack_lengths_ = inputs.lengths;
+  if (M > 0) {
+    FTX_ASSIGN_OR_RETURN(stack_in, Buffer(stack_in_, {B, M + T, C}));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> memory,
+                         store.Value("memory_tokens"));
+    FTX_RETURN_IF_ERROR(
+        memory_tokens_.Prepend(ctx, memory, projected, stack_in));
+    stack_lengths_ = memory_tokens_.PadLengths(inputs.lengths);
   }
   FTX_ASSIGN_OR_RETURN(TensorView<float> stack_out,
-                       Buffer(stack_out_, {B, T, C}));
-  StackInputs stack_inputs{inputs.lengths, inputs.context,
+                       Buffer(stack_out_, {B, M + T, C}));
+  StackInputs stack_inputs{stack_lengths_, inputs.context,
                            inputs.context_lengths, inputs.training,
                            inputs.seed};
-  FTX_RETURN_IF_ERROR(layers_->Forward(ctx, store, "attn_layers.", embedded,
+  FTX_RETURN_IF_ERROR(layers_->Forward(ctx, store, "attn_layers.", stack_in,
                                        stack_inputs, stack_out,
                                        save_for_backward));
   TensorView<float> normed = stack_out;
   if (config_.final_norm) {
-    FTX_ASSIGN_OR_RETURN(normed, Buffer(normed_, {B, T, C}));
+    FTX_ASSIGN_OR_RETURN(normed, Buffer(normed_, {B, M + T, C}));
     FTX_ASSIGN_OR_RETURN(TensorView<float> weight, store.Value("norm.weight"));
     FTX_ASSIGN_OR_RETURN(TensorView<float> bias, store.Value("norm.bias"));
     FTX_RETURN_IF_ERROR(FinalNorm(config_).Forward(ctx, weight, bias, stack_out,
                                                    normed, &final_norm_cache_));
   }
+  TensorView<float> stripped = normed;
+  if (M > 0) {
+    FTX_ASSIGN_OR_RETURN(stripped, Buffer(stripped_, {B, T, C}));
+    FTX_RETURN_IF_ERROR(memory_tokens_.Strip(ctx, normed, stripped));
+  }
   if (inputs.return_embeddings) {
-    Copy(ctx, normed, out);
+    Copy(ctx, stripped, out);
   } else {
-    FTX_ASSIGN_OR_RETURN(TensorView<float> w, store.Value("to_logits.weight"));
-    FTX_ASSIGN_OR_RETURN(TensorView<float> b, store.Value("to_logits.bias"));
-    FTX_RETURN_IF_ERROR(LinearForward(ctx, normed, w, b, out));
+    TensorView<float> w, b;
+    FTX_RETURN_IF_ERROR(LogitsParams(store, w, b, /*gradients=*/false));
+    FTX_RETURN_IF_ERROR(LinearForward(ctx, stripped, w, b, out));
   }
   tokens_.assign(tokens.data(), tokens.data() + B * T);
   batch_ = B;
@@ -1039,7 +1501,8 @@ absl::Status TransformerWrapper::Backward(const Context& ctx, ParamStore& store,
         "TransformerWrapper::Backward needs a Forward with save_for_backward");
   }
   const int64_t B = batch_, T = length_, C = config_.dim,
-                V = config_.num_tokens;
+                V = config_.num_tokens, E = emb_dim(),
+                M = config_.num_memory_tokens;
   const int64_t out_width = return_embeddings_ ? C : V;
   if (d_out.rank() != 3 || d_out.dim(0) != B || d_out.dim(1) != T ||
       d_out.dim(2) != out_width || !d_out.IsContiguous()) {
@@ -1049,21 +1512,31 @@ absl::Status TransformerWrapper::Backward(const Context& ctx, ParamStore& store,
   }
   TensorView<const float> normed =
       config_.final_norm ? normed_.view<float>() : stack_out_.view<float>();
-  TensorView<const float> d_normed = d_out;
+  TensorView<const float> stripped =
+      M > 0 ? TensorView<const float>(stripped_.view<float>()) : normed;
+  TensorView<const float> d_stripped = d_out;
   if (!return_embeddings_) {
-    FTX_ASSIGN_OR_RETURN(TensorView<float> d_normed_view,
-                         Buffer(d_normed_, {B, T, C}));
-    FTX_ASSIGN_OR_RETURN(TensorView<float> w, store.Value("to_logits.weight"));
-    FTX_ASSIGN_OR_RETURN(TensorView<float> d_w, store.Grad("to_logits.weight"));
-    FTX_ASSIGN_OR_RETURN(TensorView<float> d_b, store.Grad("to_logits.bias"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> d_stripped_view,
+                         Buffer(d_stripped_, {B, T, C}));
+    TensorView<float> w, b, d_w, d_b;
+    FTX_RETURN_IF_ERROR(LogitsParams(store, w, b, /*gradients=*/false));
+    FTX_RETURN_IF_ERROR(LogitsParams(store, d_w, d_b, /*gradients=*/true));
     FTX_RETURN_IF_ERROR(
-        LinearBackward(ctx, normed, w, d_out, d_normed_view, d_w, d_b));
+        LinearBackward(ctx, stripped, w, d_out, d_stripped_view, d_w, d_b));
+    d_stripped = d_stripped_view;
+  }
+  TensorView<const float> d_normed = d_stripped;
+  if (M > 0) {
+    FTX_ASSIGN_OR_RETURN(TensorView<float> d_normed_view,
+                         Buffer(d_normed_, {B, M + T, C}));
+    FTX_RETURN_IF_ERROR(
+        memory_tokens_.StripBackward(ctx, d_stripped, d_normed_view));
     d_normed = d_normed_view;
   }
   TensorView<const float> d_stack_out = d_normed;
   if (config_.final_norm) {
     FTX_ASSIGN_OR_RETURN(TensorView<float> d_stack,
-                         Buffer(d_stack_out_, {B, T, C}));
+                         Buffer(d_stack_out_, {B, M + T, C}));
     FTX_ASSIGN_OR_RETURN(TensorView<float> weight, store.Value("norm.weight"));
     FTX_ASSIGN_OR_RETURN(TensorView<float> d_weight, store.Grad("norm.weight"));
     FTX_ASSIGN_OR_RETURN(TensorView<float> d_bias, store.Grad("norm.bias"));
@@ -1072,25 +1545,44 @@ absl::Status TransformerWrapper::Backward(const Context& ctx, ParamStore& store,
         d_stack, d_weight, d_bias));
     d_stack_out = d_stack;
   }
-  FTX_ASSIGN_OR_RETURN(TensorView<float> d_embedded,
-                       Buffer(d_embedded_, {B, T, C}));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> d_stack_in,
+                       Buffer(d_stack_in_, {B, M + T, C}));
   FTX_RETURN_IF_ERROR(layers_->Backward(ctx, store, "attn_layers.", d_stack_out,
-                                        d_embedded, d_context));
+                                        d_stack_in, d_context));
+  TensorView<float> d_projected = d_stack_in;
+  if (M > 0) {
+    FTX_ASSIGN_OR_RETURN(d_projected, Buffer(d_projected_, {B, T, C}));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> d_memory,
+                         store.Grad("memory_tokens"));
+    FTX_RETURN_IF_ERROR(
+        memory_tokens_.PrependBackward(ctx, d_stack_in, d_projected, d_memory));
+  }
+  TensorView<float> d_embedded = d_projected;
+  if (projects_emb()) {
+    FTX_ASSIGN_OR_RETURN(d_embedded, Buffer(d_embedded_, {B, T, E}));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> w,
+                         store.Value("project_emb.weight"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> d_w,
+                         store.Grad("project_emb.weight"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> d_b, store.Grad("project_emb.bias"));
+    FTX_RETURN_IF_ERROR(LinearBackward(ctx, embedded_.view<float>(), w,
+                                       d_projected, d_embedded, d_w, d_b));
+  }
   if (uses_abs_pos_emb()) {
     FTX_ASSIGN_OR_RETURN(TensorView<float> pos,
                          store.Value("pos_emb.emb.weight"));
     FTX_ASSIGN_OR_RETURN(TensorView<float> d_pos,
                          store.Grad("pos_emb.emb.weight"));
     FTX_RETURN_IF_ERROR(
-        PositionsOf(config_).Backward(ctx, pos, 0, d_embedded, d_pos));
+        PositionsOf(config_, E).Backward(ctx, pos, 0, d_embedded, d_pos));
   }
   // Token rows may repeat: parallel over feature columns, serial over tokens.
   FTX_ASSIGN_OR_RETURN(TensorView<float> d_token,
                        store.Grad("token_emb.weight"));
-  ctx.pool().ParallelFor(C, [&](int64_t begin, int64_t end) {
+  ctx.pool().ParallelFor(E, [&](int64_t begin, int64_t end) {
     for (int64_t r = 0; r < B * T; ++r) {
-      float* target = d_token.data() + tokens_[r] * C;
-      const float* source = d_embedded.data() + r * C;
+      float* target = d_token.data() + tokens_[r] * E;
+      const float* source = d_embedded.data() + r * E;
       for (int64_t c = begin; c < end; ++c) target[c] += source[c];
     }
   });
@@ -1119,7 +1611,8 @@ absl::Status TransformerWrapper::Step(const Context& ctx, ParamStore& store,
     return absl::UnimplementedError(
         "TransformerWrapper::Step: only CPU contexts are supported");
   }
-  const int64_t B = state.batch_, C = config_.dim, V = config_.num_tokens;
+  const int64_t B = state.batch_, C = config_.dim, V = config_.num_tokens,
+                E = emb_dim();
   if (tokens.rank() != 1 || tokens.dim(0) != B || tokens.data() == nullptr ||
       !tokens.IsContiguous()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -1145,19 +1638,30 @@ absl::Status TransformerWrapper::Step(const Context& ctx, ParamStore& store,
                      " is past max_seq_len ", config_.max_seq_len));
   }
   saved_ = false;
-  FTX_ASSIGN_OR_RETURN(TensorView<float> embedded,
-                       Buffer(state.embedded_, {B, 1, C}));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> token_embedded,
+                       Buffer(state.token_embedded_, {B, 1, E}));
   FTX_ASSIGN_OR_RETURN(TensorView<float> token,
                        store.Value("token_emb.weight"));
   for (int64_t b = 0; b < B; ++b) {
-    const float* row = token.data() + tokens.data()[b] * C;
-    std::copy(row, row + C, embedded.data() + b * C);
+    const float* row = token.data() + tokens.data()[b] * E;
+    std::copy(row, row + E, token_embedded.data() + b * E);
   }
   if (uses_abs_pos_emb()) {
     FTX_ASSIGN_OR_RETURN(TensorView<float> pos,
                          store.Value("pos_emb.emb.weight"));
     FTX_RETURN_IF_ERROR(
-        PositionsOf(config_).Forward(ctx, pos, state.position_, embedded));
+        PositionsOf(config_, E)
+            .Forward(ctx, pos, state.position_, token_embedded));
+  }
+  FTX_ASSIGN_OR_RETURN(TensorView<float> embedded,
+                       Buffer(state.embedded_, {B, 1, C}));
+  if (projects_emb()) {
+    FTX_ASSIGN_OR_RETURN(TensorView<float> w,
+                         store.Value("project_emb.weight"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> b, store.Value("project_emb.bias"));
+    FTX_RETURN_IF_ERROR(LinearForward(ctx, token_embedded, w, b, embedded));
+  } else {
+    Copy(ctx, token_embedded, embedded);
   }
   FTX_ASSIGN_OR_RETURN(TensorView<float> stack_out,
                        Buffer(state.stack_out_, {B, 1, C}));
@@ -1171,8 +1675,8 @@ absl::Status TransformerWrapper::Step(const Context& ctx, ParamStore& store,
     FTX_RETURN_IF_ERROR(FinalNorm(config_).Forward(ctx, weight, bias, stack_out,
                                                    normed, nullptr));
   }
-  FTX_ASSIGN_OR_RETURN(TensorView<float> w, store.Value("to_logits.weight"));
-  FTX_ASSIGN_OR_RETURN(TensorView<float> b, store.Value("to_logits.bias"));
+  TensorView<float> w, b;
+  FTX_RETURN_IF_ERROR(LogitsParams(store, w, b, /*gradients=*/false));
   FTX_RETURN_IF_ERROR(
       LinearForward(ctx, normed, w, b, logits.Reshape({B, 1, V})));
   ++state.position_;
@@ -1229,7 +1733,15 @@ absl::StatusOr<TransformerConfig> TransformerConfigFromJson(
       {"attn_kv_heads", &c.attn_kv_heads},
       {"attn_num_mem_kv", &c.attn_num_mem_kv},
       {"num_tokens", &c.num_tokens},
-      {"max_seq_len", &c.max_seq_len}};
+      {"max_seq_len", &c.max_seq_len},
+      {"par_ratio", &c.par_ratio},
+      {"sandwich_coef", &c.sandwich_coef},
+      {"shift_tokens", &c.shift_tokens},
+      {"rel_pos_num_buckets", &c.rel_pos_num_buckets},
+      {"rel_pos_max_distance", &c.rel_pos_max_distance},
+      {"alibi_num_heads", &c.alibi_num_heads},
+      {"emb_dim", &c.emb_dim},
+      {"num_memory_tokens", &c.num_memory_tokens}};
   const std::map<std::string, bool*> bools = {
       {"causal", &c.causal},
       {"cross_attend", &c.cross_attend},
@@ -1240,9 +1752,18 @@ absl::StatusOr<TransformerConfig> TransformerConfigFromJson(
       {"ff_relu_squared", &c.ff_relu_squared},
       {"rotary_pos_emb", &c.rotary_pos_emb},
       {"use_abs_pos_emb", &c.use_abs_pos_emb},
-      {"final_norm", &c.final_norm}};
+      {"final_norm", &c.final_norm},
+      {"sandwich_norm", &c.sandwich_norm},
+      {"macaron", &c.macaron},
+      {"rel_pos_bias", &c.rel_pos_bias},
+      {"alibi_pos_bias", &c.alibi_pos_bias},
+      {"alibi_learned", &c.alibi_learned},
+      {"rotary_rotate_values", &c.rotary_rotate_values},
+      {"tie_embedding", &c.tie_embedding}};
   const std::map<std::string, std::string*> strings = {
-      {"attention", &c.attention}, {"cross_attention", &c.cross_attention}};
+      {"attention", &c.attention},
+      {"cross_attention", &c.cross_attention},
+      {"custom_layers", &c.custom_layers}};
   for (const auto& [key, value] : root.items()) {
     if (auto it = ints.find(key); it != ints.end()) {
       FTX_RETURN_IF_ERROR(ReadInt(value, key, *it->second));

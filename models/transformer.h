@@ -1,17 +1,29 @@
 // An x-transformers-style language model (SEMANTICS.md sections 6.1, 6.4, 6.6),
 // assembled from ftx's layers and any registered attention mechanism:
 //
-//   x = token_emb[tokens] + pos_emb[t] * dim^-0.5     (TransformerWrapper)
-//   for each sublayer i (types per depth: 'a', ['c',] 'f'):
+//   e = token_emb[tokens] + pos_emb[t] * emb_dim^-0.5  (TransformerWrapper)
+//   x = project_emb(e)                     Linear(emb_dim, dim), when emb_dim
+//                                          != dim
+//   x = cat(memory_tokens, x)              num_memory_tokens > 0 (masks are
+//                                          left-padded with True)
+//   bias = rel_pos()                       T5 or ALiBi score bias [H, T, T],
+//                                          one module shared by every 'a'
+//   for each sublayer i (layer_types, see XTransformersLayerTypes):
 //     residual = x
 //     x = norm_i(x)                        pre-norm only
-//     out = block_i(x[, context])          self-attention, cross-attention or
-//                                          feed-forward
+//     x = shift_tokens(x)                  shift_tokens > 0 (the padding mask
+//                                          only for attention blocks)
+//     out = block_i(x[, context])          self-attention (+ bias),
+//                                          cross-attention or feed-forward
+//     out = 0.5 out                        macaron, feed-forward blocks
 //     out = g_i * out                      ReZero only (g_i initialised to 0)
+//     out = post_branch_norm_i(out)        sandwich_norm
 //     x = out + residual
 //     x = norm_i(x)                        post-norm, except the last sublayer
 //   x = LayerNorm(x)                       final norm (always a LayerNorm)
-//   logits = x W^T + b                     to_logits, or x itself with
+//   x = x[:, num_memory_tokens:]           memory tokens stripped
+//   logits = x W^T + b                     to_logits; x token_emb^T with
+//                                          tie_embedding; x itself with
 //                                          return_embeddings
 //
 // This is x-transformers 0.26.6's AttentionLayers / TransformerWrapper order of
@@ -20,29 +32,49 @@
 // the identity, as 0.26.6 does (so at initialisation every sublayer is the
 // identity). Encoder: causal = false; Decoder: causal = true (AttnMask::Causal
 // in every self-attention). Learned absolute positions are turned off when
-// rotary_pos_emb is set (x-transformers' has_pos_emb).
+// rotary_pos_emb or rel_pos_bias is set (x-transformers' has_pos_emb; ALiBi
+// keeps them). The position biases are x-transformers 0.26.6's: T5
+// (layers/t5_relative_bias.h, scale sqrt(dim_head)) and ALiBi
+// (layers/alibi.h, version 0.26.6: causal stacks a fixed key-index bias,
+// non-causal stacks the learned bidirectional form); ScaleNorm is the 0.26.6
+// variant. The models/x_state_dict.h maps move weights to and from
+// x-transformers 0.26.6 state_dicts; tests/parity/x_transformers_test.cc
+// checks logits and every parameter gradient against it.
 //
 // Deliberate differences from x-transformers: the attention projections are
 // fast-transformers' AttentionLayer (attention/attention_layer.h) without
-// biases, as x-transformers' to_q / to_k / to_v / to_out; rotary turns Q and K
-// only (0.26.6 also turns V, a quirk removed in 1.20); the inner attention is
-// any registered mechanism built by name (attention/builder.h), and a
-// mechanism with a "causal" option gets the stack's causal flag unless the
-// options set it. Mechanisms that own trainable parameters keep them (and
-// their gradients) inside the mechanism, outside the ParamStore.
+// biases, as x-transformers' to_q / to_k / to_v / to_out; rotary turns Q and
+// K, and V too with rotary_rotate_values (0.26.6's behaviour and the default;
+// the quirk was removed in 1.20); the inner attention is any registered
+// mechanism built by name (attention/builder.h), and a mechanism with a
+// "causal" option gets the stack's causal flag unless the options set it
+// (x-transformers' attn_sparse_topk is "exact-topk" with sparse_topk_ties).
+// Mechanisms that own trainable parameters keep them (and their gradients)
+// inside the mechanism, outside the ParamStore. Masked scores are -inf, not
+// -finfo.max: a padded query row (all keys masked) gives 0 here and a uniform
+// average there. The position biases cannot be combined with attn_num_mem_kv
+// (0.26.6 biases the memory columns as key positions 0 .. M-1 and shifts the
+// sequence's; ftx would leave them unbiased). Not available: residual_attn,
+// gate_residual, scale_residual, position_infused_attn, Transformer-XL mems.
 //
 // Parameter names (hierarchical, regular; state_dict maps to the reference
 // libraries are separate):
-//   token_emb.weight [V, C]                         kaiming_normal (fan_in C)
-//   pos_emb.emb.weight [max_seq_len, C]              N(0, 1), when used
-//   attn_layers.layers.{i}.norm.{weight,bias|g}      per sublayer norm
+//   token_emb.weight [V, E]                         kaiming_normal (fan_in E)
+//   pos_emb.emb.weight [max_seq_len, E]              N(0, 1), when used
+//   project_emb.weight [C, E], project_emb.bias [C]  emb_dim E != dim C
+//   memory_tokens [M, C]                             N(0, 1), M > 0
+//   attn_layers.rel_pos.relative_attention_bias.weight [buckets, H]  T5
+//   attn_layers.rel_pos.learned_logslopes ...        learned ALiBi
+//   attn_layers.layers.{i}.norm.{weight,bias|g}      pre-norm or post-norm
+//   attn_layers.layers.{i}.post_branch_norm.*        sandwich_norm
 //   attn_layers.layers.{i}.rezero.g [1]              use_rezero
 //   attn_layers.layers.{i}.attn.query_projection.weight ... out_projection,
 //     memory_keys, memory_values                     'a' sublayers
 //   attn_layers.layers.{i}.cross_attn.*              'c' sublayers
 //   attn_layers.layers.{i}.ff.net.0.0.weight ...     'f' sublayers
 //   norm.weight, norm.bias [C]                       final LayerNorm
-//   to_logits.weight [V, C], to_logits.bias [V]      torch Linear init
+//   to_logits.weight [V, C], to_logits.bias [V]      torch Linear init;
+//                                                    none with tie_embedding
 //
 // Gradient convention: Backward accumulates every parameter gradient into the
 // ParamStore (+=); the context gradient is written (=).
@@ -72,7 +104,8 @@
 // mechanisms without a recurrent form, and "favor" unless its key_stabilizer
 // is "zero" (the sequence-max stabiliser looks at future keys). A "favor"
 // decoder copies the parallel mechanism's current projection when the state
-// is created.
+// is created. Also not step-wise: shift_tokens, rel_pos_bias,
+// alibi_pos_bias and num_memory_tokens.
 //
 //   FTX_ASSIGN_OR_RETURN(DecodeState state, model->NewDecodeState(batch));
 //   for (...) FTX_RETURN_IF_ERROR(model->Step(ctx, store, tokens, state,
@@ -83,6 +116,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -98,8 +132,11 @@
 #include "kernels/base/context.h"
 #include "kernels/base/tensor.h"
 #include "kernels/base/tensor_view.h"
+#include "layers/alibi.h"
 #include "layers/feed_forward.h"
 #include "layers/layernorm.h"
+#include "layers/memory_tokens.h"
+#include "layers/t5_relative_bias.h"
 #include "models/param_store.h"
 
 namespace ftx {
@@ -124,6 +161,26 @@ struct TransformerConfig {
   NormType norm = NormType::kLayerNorm;
   bool pre_norm = true;
   bool use_rezero = false;
+  bool sandwich_norm = false;  // a norm after every branch (pre_norm only)
+  // Layer sequence (XTransformersLayerTypes): custom_layers ("a", "c", "f"
+  // characters) wins over par_ratio, which wins over sandwich_coef; 0 / ""
+  // are off. macaron prepends 'f' to the block and halves every
+  // feed-forward branch.
+  std::string custom_layers;
+  int64_t par_ratio = 0;
+  int64_t sandwich_coef = 0;
+  bool macaron = false;
+  // Token shifting before every branch: range(-s, s + 1) in encoders,
+  // range(0, s + 1) in decoders (layers/shift_tokens.h); 0 is off.
+  int64_t shift_tokens = 0;
+  // T5 relative position bias shared by the self-attention sublayers.
+  bool rel_pos_bias = false;
+  int64_t rel_pos_num_buckets = 32;
+  int64_t rel_pos_max_distance = 128;
+  // ALiBi (x-transformers 0.26.6 forms, layers/alibi.h).
+  bool alibi_pos_bias = false;
+  int64_t alibi_num_heads = 0;  // 0: heads
+  bool alibi_learned = false;
   // FeedForward (ff_*).
   double ff_mult = 4.0;
   bool ff_glu = false;
@@ -132,21 +189,36 @@ struct TransformerConfig {
   bool ff_relu_squared = false;
   // Attention (attn_*).
   bool rotary_pos_emb = false;
-  int64_t rotary_emb_dim = 0;  // 0: x-transformers' max(dim_head / 2, 32)
-  int64_t attn_kv_heads = 0;   // 0: heads
+  int64_t rotary_emb_dim = 0;        // 0: x-transformers' max(dim_head / 2, 32)
+  bool rotary_rotate_values = true;  // 0.26.6 rotates v as well
+  int64_t attn_kv_heads = 0;         // 0: heads
   int64_t attn_num_mem_kv = 0;
   // TransformerWrapper.
   int64_t num_tokens = 0;  // V
   int64_t max_seq_len = 0;
-  bool use_abs_pos_emb = true;  // ignored (off) with rotary_pos_emb
+  bool use_abs_pos_emb = true;  // ignored (off) with rotary_pos_emb or
+                                // rel_pos_bias
   bool final_norm = true;       // the wrapper's LayerNorm
-  uint64_t seed = 0;            // initialisation
+  int64_t emb_dim = 0;          // E, 0: dim; E != dim adds project_emb
+  int64_t num_memory_tokens = 0;
+  bool tie_embedding = false;  // logits = x token_emb^T (needs E = dim)
+  uint64_t seed = 0;           // initialisation
 };
 
 // InvalidArgument naming the first bad field ("TransformerConfig.heads must be
 // >= 1, got 0"). `require_wrapper` also checks num_tokens and max_seq_len.
 absl::Status ValidateTransformerConfig(const TransformerConfig& config,
                                        bool require_wrapper);
+
+// x-transformers 0.26.6 AttentionLayers.layer_types as a string of 'a', 'c'
+// and 'f': the block ('a', 'f'), ('a', 'c', 'f') with cross_attend, with 'f'
+// prepended for macaron, repeated depth times; or custom_layers; or the PAR
+// sequence of par_ratio; or ('a',) * s + block * (depth - s) + ('f',) * s
+// for sandwich_coef = s. InvalidArgument for par_ratio outside (1, depth *
+// len(block)] or too small a PAR width, sandwich_coef outside [1, depth], or
+// characters other than a, c, f in custom_layers.
+absl::StatusOr<std::string> XTransformersLayerTypes(
+    const TransformerConfig& config);
 
 // Reads a config from a JSON object whose keys are the TransformerConfig field
 // names (models/configs/*.json); "norm" is "layernorm", "rmsnorm" or
@@ -196,6 +268,8 @@ class DecodeState {
   // [B, 1, H * E] query; [B, 1, Hkv * E] key and value; [B, H, E] expanded
   // key and value; [B, H, E] attention output.
   Tensor query_, key_, value_, expanded_key_, expanded_value_, attended_;
+  // [B, 1, E] token embedding before project_emb.
+  Tensor token_embedded_;
 };
 
 // The block stack (x-transformers AttentionLayers). Parameter names are
@@ -228,6 +302,16 @@ class AttentionLayers {
                         absl::string_view prefix, TensorView<const float> d_y,
                         TensorView<float> d_x, TensorView<float> d_context);
 
+  // Introspection of the last Forward (x-transformers return_hiddens): the
+  // input of every self-attention ('a') sublayer, [B, T, C] each, in order.
+  // Empty before a Forward.
+  std::vector<TensorView<const float>> Hiddens() const;
+  // x-transformers return_attn: the post-softmax attention maps [B, H, L, S]
+  // of every 'a' and 'c' sublayer of the last Forward with
+  // save_for_backward. FailedPrecondition without one; Unimplemented unless
+  // the sublayer's mechanism is "full" (the others keep no probabilities).
+  absl::StatusOr<std::vector<Tensor>> AttentionMaps() const;
+
   // OK when Step can run this stack; otherwise InvalidArgument naming why.
   const absl::Status& StepSupport() const { return step_support_; }
   // Fresh recurrent states for every self-attention sublayer.
@@ -243,9 +327,19 @@ class AttentionLayers {
   struct Sublayer;
   AttentionLayers(const TransformerConfig& config, std::string layer_types);
 
+  // The shared score bias of the self-attention sublayers [H, T, T] for the
+  // forward's T (T5 or ALiBi), and its gradient; absent without one.
+  absl::Status PositionBiasForward(const Context& ctx, ParamStore& store,
+                                   const std::string& base, int64_t length);
+  absl::Status PositionBiasBackward(const Context& ctx, ParamStore& store,
+                                    const std::string& base);
+
   TransformerConfig config_;
   std::string layer_types_;
   std::vector<std::unique_ptr<Sublayer>> sublayers_;
+  std::optional<T5RelativeBias> t5_bias_;
+  std::optional<Alibi> alibi_;
+  Tensor position_bias_, d_position_bias_;
   absl::Status step_support_;
   // Forward state: the input of every sublayer plus the output, [B, T, C]
   // each; the inputs of the last call.
@@ -254,7 +348,7 @@ class AttentionLayers {
   bool saved_ = false;
   // Backward scratch, [B, T, C] each, and the context gradient of one
   // cross-attention sublayer.
-  Tensor d_current_, d_sum_, d_branch_, d_hidden_, d_normed_;
+  Tensor d_current_, d_sum_, d_branch_, d_hidden_, d_normed_, d_shifted_;
   Tensor d_context_scratch_;
 };
 
@@ -278,9 +372,16 @@ class TransformerWrapper {
 
   const TransformerConfig& config() const { return config_; }
   bool uses_abs_pos_emb() const {
-    return config_.use_abs_pos_emb && !config_.rotary_pos_emb;
+    return config_.use_abs_pos_emb && !config_.rotary_pos_emb &&
+           !config_.rel_pos_bias;
   }
+  // E: the embedding width (emb_dim, or dim).
+  int64_t emb_dim() const {
+    return config_.emb_dim > 0 ? config_.emb_dim : config_.dim;
+  }
+  bool projects_emb() const { return emb_dim() != config_.dim; }
   AttentionLayers& attn_layers() { return *layers_; }
+  const AttentionLayers& attn_layers() const { return *layers_; }
 
   std::vector<ParamShape> ParamShapes() const;
   absl::Status InitParams(const Context& ctx, ParamStore& store) const;
@@ -314,20 +415,32 @@ class TransformerWrapper {
 
  private:
   TransformerWrapper(const TransformerConfig& config,
-                     std::unique_ptr<AttentionLayers> layers)
-      : config_(config), layers_(std::move(layers)) {}
+                     std::unique_ptr<AttentionLayers> layers,
+                     MemoryTokens memory_tokens)
+      : config_(config),
+        layers_(std::move(layers)),
+        memory_tokens_(memory_tokens) {}
+
+  // The output projection's weight and bias: to_logits, or token_emb.weight
+  // and no bias with tie_embedding.
+  absl::Status LogitsParams(ParamStore& store, TensorView<float>& weight,
+                            TensorView<float>& bias, bool gradients) const;
 
   TransformerConfig config_;
   std::unique_ptr<AttentionLayers> layers_;
-  // Forward state: tokens, embeddings (stack input), stack output, final norm
-  // output and its statistics.
+  MemoryTokens memory_tokens_;
+  // Forward state: tokens, embeddings [B, T, E], projected embeddings
+  // [B, T, C], stack input and output [B, M + T, C], final norm output
+  // [B, M + T, C] and its statistics, memory-stripped rows [B, T, C].
   std::vector<int32_t> tokens_;
   int64_t batch_ = 0, length_ = 0;
   bool return_embeddings_ = false;
   bool saved_ = false;
-  Tensor embedded_, stack_out_, normed_;
+  LengthMask stack_lengths_;
+  Tensor embedded_, projected_, stack_in_, stack_out_, normed_, stripped_;
   LayerNormCache final_norm_cache_;
-  Tensor d_normed_, d_stack_out_, d_embedded_;
+  Tensor d_stripped_, d_normed_, d_stack_out_, d_stack_in_, d_projected_,
+      d_embedded_;
 };
 
 }  // namespace ftx

@@ -380,6 +380,166 @@ TEST_F(TransformerTest, EveryListedMechanismRunsInsideTheStack) {
   }
 }
 
+TEST_F(TransformerTest, GradientsMacaronSandwichNormShiftTokens) {
+  TransformerConfig config = TinyConfig();
+  config.macaron = true;
+  config.sandwich_norm = true;
+  config.shift_tokens = 1;
+  config.depth = 1;
+  Build(config);
+  EXPECT_EQ(model_->attn_layers().layer_types(), "faf");
+  EXPECT_TRUE(store_->Contains("attn_layers.layers.1.post_branch_norm.weight"));
+  TransformerInputs inputs;
+  inputs.lengths.lengths = {5, 3};
+  CheckGradients(kTokens, 2, inputs);
+}
+
+// Macaron halves every feed-forward branch: a plain stack with the same layer
+// types and the feed-forward output layers (net.3) halved computes the same.
+TEST_F(TransformerTest, MacaronHalvesTheFeedForwardBranches) {
+  TransformerConfig config = TinyConfig();
+  config.macaron = true;
+  Build(config);
+  std::vector<float> values(
+      store_->values().data(),
+      store_->values().data() + store_->values().NumElements());
+  const std::vector<float> macaron = Run(kTokens, 2);
+  TransformerConfig plain = TinyConfig();
+  plain.custom_layers = model_->attn_layers().layer_types();
+  Build(plain);
+  std::copy(values.begin(), values.end(), store_->values().data());
+  store_->ForEachParam([](ParamSlot slot) {
+    if (slot.name.find(".ff.net.3.") != std::string::npos) {
+      for (int64_t i = 0; i < slot.value.NumElements(); ++i) {
+        slot.value.data()[i] *= 0.5f;
+      }
+    }
+  });
+  EXPECT_TRUE(AllNear(Run(kTokens, 2), macaron, {.abs = 1e-5, .rel = 1e-5}));
+}
+
+TEST_F(TransformerTest, GradientsT5AndAlibiPositionBiases) {
+  TransformerConfig t5 = TinyConfig();
+  t5.rel_pos_bias = true;
+  t5.rel_pos_num_buckets = 4;
+  t5.rel_pos_max_distance = 8;
+  t5.causal = true;
+  Build(t5);
+  EXPECT_FALSE(store_->Contains("pos_emb.emb.weight"));
+  CheckGradients(kTokens, 2, {});
+  // Non-causal ALiBi of 0.26.6 has learned past and future slopes.
+  TransformerConfig alibi = TinyConfig();
+  alibi.alibi_pos_bias = true;
+  Build(alibi);
+  EXPECT_TRUE(store_->Contains("attn_layers.rel_pos.learned_logslopes_future"));
+  EXPECT_TRUE(store_->Contains("pos_emb.emb.weight"));
+  CheckGradients(kTokens, 2, {});
+}
+
+TEST_F(TransformerTest, GradientsMemoryTokensAndEmbeddingProjection) {
+  TransformerConfig config = TinyConfig();
+  config.num_memory_tokens = 2;
+  config.emb_dim = 6;
+  Build(config);
+  EXPECT_TRUE(store_->Contains("project_emb.weight"));
+  TransformerInputs inputs;
+  inputs.lengths.lengths = {5, 4};
+  CheckGradients(kTokens, 2, inputs);
+}
+
+TEST_F(TransformerTest, TiedEmbeddingIsTheTokenTableTransposed) {
+  TransformerConfig config = TinyConfig();
+  config.tie_embedding = true;
+  Build(config);
+  EXPECT_FALSE(store_->Contains("to_logits.weight"));
+  TransformerInputs inputs;
+  inputs.return_embeddings = true;
+  const std::vector<float> embeddings = Run(kTokens, 2, inputs);
+  const std::vector<float> logits = Run(kTokens, 2);
+  const float* token = store_->Value("token_emb.weight").value().data();
+  std::vector<double> expected;
+  for (int64_t r = 0; r < 10; ++r) {
+    for (int64_t v = 0; v < 11; ++v) {
+      double sum = 0;
+      for (int64_t c = 0; c < 8; ++c) {
+        sum += double{embeddings[r * 8 + c]} * token[v * 8 + c];
+      }
+      expected.push_back(sum);
+    }
+  }
+  EXPECT_TRUE(AllNear(logits, expected, {.abs = 1e-5, .rel = 1e-5}));
+  CheckGradients(kTokens, 2, {});
+}
+
+TEST_F(TransformerTest, LayerSequences) {
+  TransformerConfig config = TinyConfig();
+  config.depth = 4;
+  config.sandwich_coef = 2;
+  EXPECT_EQ(XTransformersLayerTypes(config).value(), "aaafafff");
+  config.sandwich_coef = 0;
+  config.depth = 6;
+  config.par_ratio = 4;
+  EXPECT_EQ(XTransformersLayerTypes(config).value(), "affaffafffff");
+  config = TinyConfig();
+  config.custom_layers = "aaff";
+  Build(config);
+  EXPECT_EQ(model_->attn_layers().layer_types(), "aaff");
+  EXPECT_TRUE(
+      store_->Contains("attn_layers.layers.1.attn.key_projection.weight"));
+  EXPECT_TRUE(store_->Contains("attn_layers.layers.3.ff.net.3.weight"));
+  CheckGradients(kTokens, 2, {});
+}
+
+TEST_F(TransformerTest, IntrospectionHiddensAndAttentionMaps) {
+  TransformerConfig config = TinyConfig();
+  config.causal = true;
+  Build(config);
+  EXPECT_TRUE(model_->attn_layers().Hiddens().empty());
+  TransformerInputs inputs;
+  inputs.return_embeddings = true;
+  Run(kTokens, 2, inputs, /*save_for_backward=*/true);
+  // The first hidden is the stack input: token + position embeddings.
+  const std::vector<TensorView<const float>> hiddens =
+      model_->attn_layers().Hiddens();
+  ASSERT_EQ(hiddens.size(), 2u);
+  const float* token = store_->Value("token_emb.weight").value().data();
+  const float* pos = store_->Value("pos_emb.emb.weight").value().data();
+  for (int64_t r = 0; r < 10; ++r) {
+    for (int64_t c = 0; c < 8; ++c) {
+      EXPECT_NEAR(
+          hiddens[0].data()[r * 8 + c],
+          token[kTokens[r] * 8 + c] + pos[(r % 5) * 8 + c] / std::sqrt(8.0),
+          1e-6);
+    }
+  }
+  absl::StatusOr<std::vector<Tensor>> maps =
+      model_->attn_layers().AttentionMaps();
+  ASSERT_TRUE(maps.ok()) << maps.status();
+  ASSERT_EQ(maps->size(), 2u);
+  for (const Tensor& map : *maps) {
+    ASSERT_EQ(map.shape(), (Shape{2, 2, 5, 5}));  // [B, H, L, S]
+    const float* p = map.data<float>();
+    for (int64_t row = 0; row < 2 * 2 * 5; ++row) {
+      const int64_t l = row % 5;
+      double sum = 0;
+      for (int64_t s = 0; s < 5; ++s) {
+        sum += p[row * 5 + s];
+        if (s > l) EXPECT_EQ(p[row * 5 + s], 0.0f);  // causal
+      }
+      EXPECT_NEAR(sum, 1.0, 1e-5);
+    }
+  }
+  Run(kTokens, 2, inputs, /*save_for_backward=*/false);
+  EXPECT_EQ(model_->attn_layers().AttentionMaps().status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  config.attention = "causal-linear";
+  config.attention_options.clear();
+  Build(config);
+  Run(kTokens, 2, inputs, /*save_for_backward=*/true);
+  EXPECT_EQ(model_->attn_layers().AttentionMaps().status().code(),
+            absl::StatusCode::kUnimplemented);
+}
+
 TEST_F(TransformerTest, BadConfigsNameTheField) {
   struct Case {
     const char* field;
@@ -399,6 +559,43 @@ TEST_F(TransformerTest, BadConfigsNameTheField) {
       {"max_seq_len", [](TransformerConfig& c) { c.max_seq_len = 0; }},
       {"norm", [](TransformerConfig& c) { c.norm = static_cast<NormType>(7); }},
       {"attention", [](TransformerConfig& c) { c.attention = ""; }},
+      {"shift_tokens", [](TransformerConfig& c) { c.shift_tokens = -1; }},
+      {"sandwich_norm",
+       [](TransformerConfig& c) {
+         c.sandwich_norm = true;
+         c.pre_norm = false;
+       }},
+      {"alibi_pos_bias",
+       [](TransformerConfig& c) { c.rel_pos_bias = c.alibi_pos_bias = true; }},
+      {"attn_num_mem_kv",
+       [](TransformerConfig& c) {
+         c.alibi_pos_bias = true;
+         c.attn_num_mem_kv = 1;
+       }},
+      {"rel_pos_num_buckets",
+       [](TransformerConfig& c) {
+         c.rel_pos_bias = true;
+         c.rel_pos_num_buckets = 256;  // > rel_pos_max_distance
+       }},
+      {"alibi_num_heads", [](TransformerConfig& c) { c.alibi_num_heads = 3; }},
+      {"custom_layers", [](TransformerConfig& c) { c.custom_layers = "axf"; }},
+      {"custom_layers", [](TransformerConfig& c) { c.custom_layers = "acf"; }},
+      {"par_ratio", [](TransformerConfig& c) { c.par_ratio = 1; }},
+      {"sandwich_coef", [](TransformerConfig& c) { c.sandwich_coef = 3; }},
+      {"emb_dim", [](TransformerConfig& c) { c.emb_dim = -1; }},
+      {"emb_dim",
+       [](TransformerConfig& c) {
+         c.emb_dim = 6;
+         c.tie_embedding = true;
+       }},
+      {"num_memory_tokens",
+       [](TransformerConfig& c) { c.num_memory_tokens = -1; }},
+      {"attention",
+       [](TransformerConfig& c) {
+         c.rel_pos_bias = true;
+         c.attention = "linear";
+         c.attention_options.clear();
+       }},
   };
   for (const Case& c : cases) {
     TransformerConfig config = TinyConfig();
@@ -655,6 +852,26 @@ TEST_F(TransformerStepTest, StepsEqualForwardPostNormReZeroGroupedHeads) {
   }
 }
 
+TEST_F(TransformerStepTest, StepsEqualForwardWithLayerOptions) {
+  // Macaron, sandwich norm, rotary on q, k and v, an embedding projection and
+  // a tied output.
+  TransformerConfig config = DecoderConfig("full", true);
+  config.macaron = true;
+  config.sandwich_norm = true;
+  config.emb_dim = 6;
+  {
+    SCOPED_TRACE("macaron, sandwich norm, rotary values, emb_dim");
+    ExpectStepsMatchForward(config, 1e-5);
+  }
+  TransformerConfig tied = DecoderConfig("full", false);
+  tied.tie_embedding = true;
+  tied.custom_layers = "aaf";
+  {
+    SCOPED_TRACE("tied embedding, custom layers");
+    ExpectStepsMatchForward(tied, 1e-5);
+  }
+}
+
 TEST_F(TransformerStepTest, UnsupportedConfigsSayWhy) {
   struct Case {
     TransformerConfig config;
@@ -670,9 +887,16 @@ TEST_F(TransformerStepTest, UnsupportedConfigsSayWhy) {
   no_recurrent.attention = "exact-topk";
   TransformerConfig favor = DecoderConfig("favor", false);
   favor.attention_options.clear();
+  TransformerConfig shift = DecoderConfig("full", false);
+  shift.shift_tokens = 1;
+  TransformerConfig t5 = DecoderConfig("full", false);
+  t5.rel_pos_bias = true;
+  TransformerConfig memory_tokens = DecoderConfig("full", false);
+  memory_tokens.num_memory_tokens = 1;
   for (const Case& c :
        {Case{encoder, "not causal"}, Case{cross, "cross_attend"},
-        Case{memory, "attn_num_mem_kv"},
+        Case{memory, "attn_num_mem_kv"}, Case{shift, "shift_tokens"},
+        Case{t5, "rel_pos_bias"}, Case{memory_tokens, "num_memory_tokens"},
         Case{no_recurrent, "no recurrent attention"},
         Case{favor, "key_stabilizer"}}) {
     SCOPED_TRACE(c.why);

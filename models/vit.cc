@@ -302,7 +302,8 @@ absl::Status ViTransformerWrapper::Backward(const Context& ctx,
         "ViTransformerWrapper::Backward: d_logits must be a contiguous CPU [",
         B, ", ", K, "] tensor, got ", d_logits.shape().ToString()));
   }
-  const bool want_images = !d_images.empty();
+  // A default-constructed view (rank 0, no data) skips the image gradient.
+  const bool want_images = d_images.data() != nullptr || d_images.rank() > 0;
   if (want_images &&
       (d_images.rank() != 4 || !IsDenseCpu(d_images) || d_images.dim(0) != B ||
        d_images.dim(1) != ch || d_images.dim(2) != S || d_images.dim(3) != S)) {

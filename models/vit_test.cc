@@ -200,6 +200,35 @@ TEST_F(ViTTest, GradientsAgainstCentralDifferences) {
   EXPECT_LT(worst, 1.0) << worst_name;
 }
 
+// A default-constructed d_images skips the image gradient; the parameter
+// gradients are those of a call that asks for it.
+TEST_F(ViTTest, BackwardWithoutImageGradient) {
+  Build(TinyConfig());
+  const int64_t B = 2;
+  const std::vector<float> images = RandomUniformVector<float>(B * 2 * 16, 2);
+  const std::vector<float> d_logits =
+      RandomUniformVector<float>(B * TinyConfig().num_classes, 3);
+  const TensorView<const float> d_view(d_logits.data(),
+                                       {B, TinyConfig().num_classes});
+  std::vector<float> d_images(images.size());
+  store_->ZeroGrads();
+  Run(images, B, /*save_for_backward=*/true);
+  ASSERT_TRUE(model_
+                  ->Backward(*ctx_, *store_, d_view,
+                             TensorView<float>(d_images.data(), ImageShape(B)))
+                  .ok());
+  const TensorView<float> grads = store_->grads();
+  const std::vector<float> with_images(grads.data(),
+                                       grads.data() + grads.NumElements());
+  store_->ZeroGrads();
+  Run(images, B, /*save_for_backward=*/true);
+  const absl::Status status =
+      model_->Backward(*ctx_, *store_, d_view, TensorView<float>());
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_TRUE(std::equal(with_images.begin(), with_images.end(),
+                         store_->grads().data()));
+}
+
 TEST_F(ViTTest, BadConfigs) {
   ViTConfig config = TinyConfig();
   config.image_size = 5;

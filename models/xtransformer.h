@@ -24,8 +24,9 @@
 //
 // Not supported: tie_token_emb (x-transformers' `decoder.token_emb =
 // encoder.token_emb`) would need one tensor in two ParamStores; Create
-// returns Unimplemented for it. Memory tokens (enc_num_memory_tokens) and
-// src_attn_mask are not available either.
+// returns Unimplemented for it. src_attn_mask is not available either.
+// Encoder memory tokens (x-transformers enc_num_memory_tokens) are the
+// encoder config's num_memory_tokens; they are stripped from the context.
 //
 // Gradient convention: Backward accumulates every parameter gradient (+=).
 //

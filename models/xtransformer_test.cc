@@ -137,7 +137,12 @@ TEST_F(XTransformerTest, ForwardShapesFinitenessAndParameterNames) {
 // loss = sum(w * logits); every third entry of every parameter of both halves
 // against central differences of the float forward (as transformer_test).
 TEST_F(XTransformerTest, GradientsOfEncoderAndDecoderParameters) {
-  Build(TinyConfig());
+  // With encoder memory tokens (x-transformers enc_num_memory_tokens), whose
+  // gradient is checked with the rest.
+  XTransformerConfig config = TinyConfig();
+  config.encoder.num_memory_tokens = 2;
+  Build(config);
+  ASSERT_TRUE(store_->encoder.Contains("memory_tokens"));
   const LengthMask src_lengths = Lengths({4, 2});
   const std::vector<float> logits = Run(kSrc, src_lengths, kTgt, 2);
   const std::vector<double> w = RandomUniformVector<double>(logits.size(), 41);

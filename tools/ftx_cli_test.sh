@@ -187,5 +187,33 @@ grep -qE '^no-such +32  error: unknown attention type "no-such"' <<<"$bench" ||
   fail "bench --lengths 0: $(cat "$TEST_TMPDIR/err")"
 "$ftx" help | grep -q "bench \[flags\]" || fail "help does not mention bench"
 
+# ftx convert: an ftx checkpoint to x-transformers names and back; a second
+# export of the re-imported weights is byte-identical; bad arguments exit 2.
+config="$TEST_SRCDIR/ftx/models/configs/tiny_decoder.json"
+"$ftx" train --config "$config" --steps 1 --out "$TEST_TMPDIR/convert_run" >/dev/null ||
+  fail "ftx train --config tiny_decoder.json exited non-zero"
+"$ftx" convert --list | grep -q "^x-transformers$" || fail "convert --list does not show x-transformers"
+"$ftx" convert --library x-transformers --config "$config" --to reference \
+  "$TEST_TMPDIR/convert_run/model.safetensors" "$TEST_TMPDIR/x.safetensors" >/dev/null ||
+  fail "convert to x-transformers names exited non-zero"
+"$ftx" inspect "$TEST_TMPDIR/x.safetensors" | grep -qE '^  attn_layers.layers.0.1.to_q.weight +F32 +\[64, 64\]' ||
+  fail "the x-transformers file does not hold attn_layers.layers.0.1.to_q.weight"
+"$ftx" convert --library x-transformers --config "$config" \
+  "$TEST_TMPDIR/x.safetensors" "$TEST_TMPDIR/ftx.safetensors" >/dev/null ||
+  fail "convert from x-transformers names exited non-zero"
+"$ftx" convert --library x-transformers --config "$config" --to reference \
+  "$TEST_TMPDIR/ftx.safetensors" "$TEST_TMPDIR/x2.safetensors" >/dev/null ||
+  fail "second convert to x-transformers names exited non-zero"
+cmp -s "$TEST_TMPDIR/x.safetensors" "$TEST_TMPDIR/x2.safetensors" ||
+  fail "x-transformers -> ftx -> x-transformers is not byte-identical"
+"$ftx" convert --library performer-pytorch --config "$config" \
+  "$TEST_TMPDIR/x.safetensors" "$TEST_TMPDIR/bad.safetensors" 2>"$TEST_TMPDIR/err"
+[[ $? -eq 2 ]] || fail "convert with a config of the wrong family did not exit 2"
+grep -q 'unknown key "attention"' "$TEST_TMPDIR/err" || fail "convert wrong config: $(cat "$TEST_TMPDIR/err")"
+"$ftx" convert --library nope --config "$config" a b 2>"$TEST_TMPDIR/err"
+grep -q 'no state-dict converter for "nope"; known: ' "$TEST_TMPDIR/err" ||
+  fail "convert unknown library: $(cat "$TEST_TMPDIR/err")"
+[[ ! -e "$TEST_TMPDIR/bad.safetensors" ]] || fail "a failed convert left an output file"
+
 [[ $failures -eq 0 ]] && echo "ftx CLI: all checks passed"
 exit $failures

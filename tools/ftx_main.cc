@@ -1,21 +1,18 @@
 // The ftx command-line tool.
 //
-//   ftx attention list      every registered attention mechanism with its
-//   options ftx inspect FILE        tensors (name, dtype, shape, bytes) and
-//   metadata of a
-//                           safetensors file, sorted by name, with the
-//                           parameter count
-//   ftx train [flags]       trains a small causal-linear decoder on the copy
-//   task (or a
-//                           byte-level LM on --data FILE), printing progress
-//                           and the final evaluation; --resume DIR continues a
-//                           checkpointed run
-//
-//   ftx generate [flags]    samples a continuation of a prompt from a
-//   checkpoint
-//                           written by 'ftx train --out DIR'
-//   ftx bench [flags]       times Forward (and Backward) of attention
-//                           mechanisms at several lengths against "full"
+//   ftx attention list    every registered attention mechanism with its options
+//   ftx inspect FILE      tensors (name, dtype, shape, bytes) and metadata of a
+//                         safetensors file, sorted by name, with the counts
+//   ftx convert [flags]   moves weights between a reference library's
+//                         state_dict names and ftx's (both ways)
+//   ftx train [flags]     trains a small causal-linear decoder on the copy task
+//                         (or a byte-level LM on --data FILE, or ListOps);
+//                         --resume DIR continues a checkpointed run
+//   ftx eval [flags]      held-out metrics of a checkpoint
+//   ftx generate [flags]  samples a continuation of a prompt from a checkpoint
+//                         written by 'ftx train --out DIR'
+//   ftx bench [flags]     times Forward (and Backward) of attention mechanisms
+//                         at several lengths against "full"
 //
 // Errors go to stderr with a non-zero exit status; nothing here aborts on user
 // input.
@@ -24,6 +21,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -33,6 +31,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -43,8 +42,10 @@
 #include "attention/registry.h"
 #include "kernels/base/context.h"
 #include "kernels/base/status_macros.h"
+#include "models/converters.h"
 #include "models/generate.h"
 #include "models/safetensors.h"
+#include "models/state_dict_map.h"
 #include "models/trainer.h"
 #include "models/transformer.h"
 
@@ -58,6 +59,19 @@ constexpr char kUsage[] =
     "  attention list    list every attention mechanism with its options and "
     "defaults\n"
     "  inspect FILE      list the tensors and metadata of a safetensors file\n"
+    "  convert [flags] IN OUT\n"
+    "                    rename (and re-pack) weights between a reference "
+    "library's\n"
+    "                    state_dict and the matching ftx model; flags:\n"
+    "                      --library NAME     the reference library ('ftx "
+    "convert --list')\n"
+    "                      --config FILE      the ftx JSON config of the "
+    "model\n"
+    "                      --to ftx|reference direction (default ftx: IN "
+    "holds the\n"
+    "                                         library's names, OUT gets "
+    "ftx's)\n"
+    "  convert --list    list the libraries ftx converts from and to\n"
     "  train [flags]     train a causal-linear decoder on the copy task "
     "(default) or a\n"
     "                    byte-level language model; flags:\n"
@@ -221,6 +235,89 @@ TrainConfig DefaultTrainConfig() {
   config.eval_every = 250;
   config.eval_batches = 16;
   return config;
+}
+
+absl::Status ConvertCommand(const std::vector<std::string>& args) {
+  StateDictConverterRegistry registry;
+  FTX_RETURN_IF_ERROR(RegisterAllConverters(registry));
+  if (args.size() == 1 && args[0] == "--list") {
+    for (const std::string& name : registry.Names()) {
+      const StateDictConverter* converter = *registry.Find(name);
+      std::printf("%s\n    %s\n", name.c_str(),
+                  converter->description.c_str());
+    }
+    return absl::OkStatus();
+  }
+  std::string library, config_path, direction = "ftx";
+  std::vector<std::string> files;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "--library" || arg == "--config" || arg == "--to") {
+      if (i + 1 >= args.size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("convert: ", arg, " needs a value"));
+      }
+      std::string& target = arg == "--library"  ? library
+                            : arg == "--config" ? config_path
+                                                : direction;
+      target = args[++i];
+    } else if (absl::StartsWith(arg, "--")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("convert: unknown flag \"", arg, "\"; run 'ftx help'"));
+    } else {
+      files.push_back(arg);
+    }
+  }
+  if (library.empty() || config_path.empty() || files.size() != 2) {
+    return absl::InvalidArgumentError(
+        "usage: ftx convert --library NAME --config FILE [--to "
+        "ftx|reference] IN OUT");
+  }
+  if (direction != "ftx" && direction != "reference") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "convert: --to must be \"ftx\" or \"reference\", got \"", direction,
+        "\""));
+  }
+  FTX_ASSIGN_OR_RETURN(const StateDictConverter* converter,
+                       registry.Find(library));
+  std::ifstream config_file(config_path);
+  if (!config_file) {
+    return absl::NotFoundError(
+        absl::StrCat("convert: cannot read config ", config_path));
+  }
+  std::stringstream config_text;
+  config_text << config_file.rdbuf();
+  const std::string config = config_text.str();
+  FTX_ASSIGN_OR_RETURN(std::vector<ParamShape> shapes,
+                       converter->param_shapes(config));
+  FTX_ASSIGN_OR_RETURN(ParamStore store, ParamStore::Create(shapes));
+  FTX_ASSIGN_OR_RETURN(StateDictMap map, converter->make_map(config));
+  SafetensorsWriteOptions options;
+  options.metadata = {{"ftx.library", library}, {"ftx.config", config}};
+  if (direction == "ftx") {
+    FTX_ASSIGN_OR_RETURN(SafetensorsFile in, SafetensorsFile::Open(files[0]));
+    FTX_RETURN_IF_ERROR(ImportStateDict(in, map, store));
+    FTX_RETURN_IF_ERROR(SaveParams(files[1], store, options));
+  } else {
+    FTX_RETURN_IF_ERROR(LoadParams(files[0], store));
+    std::map<std::string, std::vector<int64_t>> reference_shapes;
+    if (converter->reference_shapes) {
+      FTX_ASSIGN_OR_RETURN(reference_shapes,
+                           converter->reference_shapes(config));
+    }
+    options.metadata.clear();
+    options.metadata["format"] = "pt";
+    FTX_RETURN_IF_ERROR(
+        ExportStateDict(store, map, reference_shapes, files[1], options));
+  }
+  const std::string what = direction == "ftx"
+                               ? absl::StrCat(library, " names to ftx")
+                               : absl::StrCat("ftx names to ", library);
+  std::printf("converted %s -> %s (%s, %lld tensors, %lld parameters)\n",
+              files[0].c_str(), files[1].c_str(), what.c_str(),
+              static_cast<long long>(store.NumTensors()),
+              static_cast<long long>(store.NumParams()));
+  return absl::OkStatus();
 }
 
 absl::Status ParseCount(const std::string& flag, const std::string& text,
@@ -810,6 +907,10 @@ absl::Status Run(const std::vector<std::string>& args) {
   if (args[0] == "inspect") {
     if (args.size() == 2) return Inspect(args[1]);
     return absl::InvalidArgumentError("usage: ftx inspect FILE");
+  }
+  if (args[0] == "convert") {
+    return ConvertCommand(
+        std::vector<std::string>(args.begin() + 1, args.end()));
   }
   if (args[0] == "eval") {
     return EvalCommand(std::vector<std::string>(args.begin() + 1, args.end()));

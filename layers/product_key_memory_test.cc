@@ -1,0 +1,264 @@
+// ProductKeyMemory: forward against a double reference of lucidrains
+// product-key-memory 0.3.0 PKM (LayerNorm queries, two sub-key top-k, top-k of
+// the k^2 sums, softmax, EmbeddingBag sum), central-difference gradients of x
+// and of every parameter, initialisation, bad arguments.
+#include "layers/product_key_memory.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/util/gradcheck.h"
+#include "tests/util/random.h"
+#include "tests/util/tolerance.h"
+
+namespace ftx {
+namespace {
+
+constexpr int64_t kB = 2, kT = 3, kC = 6, kH = 2, kK = 5, kTop = 3, kDh = 4;
+
+struct Weights {
+  std::vector<double> to_queries, norm_weight, norm_bias, keys, values;
+  // Present for the 0.1.10 batch norm (per channel of the 2 H Dh queries).
+  std::vector<double> running_mean, running_var;
+};
+
+std::vector<int64_t> TopK(const std::vector<double>& s, int64_t k) {
+  std::vector<int64_t> order(s.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                    [&](int64_t a, int64_t b) { return s[a] > s[b]; });
+  order.resize(k);
+  return order;
+}
+
+std::vector<double> Reference(const Weights& w, const std::vector<double>& x) {
+  std::vector<double> y(kB * kT * kC, 0.0);
+  for (int64_t r = 0; r < kB * kT; ++r) {
+    std::vector<double> q(2 * kH * kDh);
+    for (int64_t o = 0; o < 2 * kH * kDh; ++o) {
+      for (int64_t c = 0; c < kC; ++c)
+        q[o] += x[r * kC + c] * w.to_queries[o * kC + c];
+    }
+    if (!w.running_mean.empty()) {
+      for (int64_t o = 0; o < 2 * kH * kDh; ++o) {
+        q[o] = (q[o] - w.running_mean[o]) / std::sqrt(w.running_var[o] + 1e-5) *
+                   w.norm_weight[o] +
+               w.norm_bias[o];
+      }
+    }
+    for (int64_t v = 0; v < 2 * kH && w.running_mean.empty(); ++v) {
+      double mean = 0, var = 0;
+      for (int64_t d = 0; d < kDh; ++d) mean += q[v * kDh + d] / kDh;
+      for (int64_t d = 0; d < kDh; ++d)
+        var += std::pow(q[v * kDh + d] - mean, 2) / kDh;
+      for (int64_t d = 0; d < kDh; ++d) {
+        q[v * kDh + d] =
+            (q[v * kDh + d] - mean) / std::sqrt(var + 1e-5) * w.norm_weight[d] +
+            w.norm_bias[d];
+      }
+    }
+    for (int64_t h = 0; h < kH; ++h) {
+      std::vector<double> best[2];
+      std::vector<int64_t> index[2];
+      for (int64_t p = 0; p < 2; ++p) {
+        std::vector<double> s(kK);
+        for (int64_t n = 0; n < kK; ++n) {
+          for (int64_t d = 0; d < kDh; ++d) {
+            s[n] += q[(p * kH + h) * kDh + d] *
+                    w.keys[((h * kK + n) * 2 + p) * kDh + d];
+          }
+        }
+        index[p] = TopK(s, kTop);
+        for (int64_t i : index[p]) best[p].push_back(s[i]);
+      }
+      std::vector<double> all(kTop * kTop);
+      for (int64_t a = 0; a < kTop; ++a) {
+        for (int64_t c = 0; c < kTop; ++c)
+          all[a * kTop + c] = best[0][a] + best[1][c];
+      }
+      const std::vector<int64_t> picks = TopK(all, kTop);
+      double total = 0;
+      for (int64_t pick : picks) total += std::exp(all[pick]);
+      for (int64_t pick : picks) {
+        const int64_t memory =
+            index[0][pick / kTop] * kK + index[1][pick % kTop];
+        for (int64_t c = 0; c < kC; ++c) {
+          y[r * kC + c] +=
+              std::exp(all[pick]) / total * w.values[memory * kC + c];
+        }
+      }
+    }
+  }
+  return y;
+}
+
+struct Floats {
+  std::vector<float> to_queries, norm_weight, norm_bias, keys, values;
+  std::vector<float> running_mean, running_var;
+  explicit Floats(const Weights& w)
+      : to_queries(w.to_queries.begin(), w.to_queries.end()),
+        norm_weight(w.norm_weight.begin(), w.norm_weight.end()),
+        norm_bias(w.norm_bias.begin(), w.norm_bias.end()),
+        keys(w.keys.begin(), w.keys.end()),
+        values(w.values.begin(), w.values.end()),
+        running_mean(w.running_mean.begin(), w.running_mean.end()),
+        running_var(w.running_var.begin(), w.running_var.end()) {}
+  ProductKeyMemoryGrads Views() {
+    const int64_t norm = static_cast<int64_t>(norm_weight.size());
+    auto optional = [](std::vector<float>& v) {
+      return v.empty() ? TensorView<float>()
+                       : TensorView<float>(v.data(),
+                                           {static_cast<int64_t>(v.size())});
+    };
+    return {TensorView<float>(to_queries.data(), {2 * kH * kDh, kC}),
+            TensorView<float>(norm_weight.data(), {norm}),
+            TensorView<float>(norm_bias.data(), {norm}),
+            TensorView<float>(keys.data(), {kH, kK, 2, kDh}),
+            TensorView<float>(values.data(), {kK * kK, kC}),
+            optional(running_mean),
+            optional(running_var)};
+  }
+};
+
+ProductKeyMemoryParams AsParams(const ProductKeyMemoryGrads& g) {
+  return {g.to_queries, g.norm_weight,  g.norm_bias,  g.keys,
+          g.values,     g.running_mean, g.running_var};
+}
+
+void CheckForwardBackward(PkmQueryNorm query_norm) {
+  auto ctx = Context::Create({.num_threads = 1}).value();
+  auto pkm = ProductKeyMemory::Create({.dim = kC,
+                                       .heads = kH,
+                                       .num_keys = kK,
+                                       .topk = kTop,
+                                       .key_dim = kDh,
+                                       .query_norm = query_norm});
+  ASSERT_TRUE(pkm.ok());
+  const bool batch_norm = query_norm == PkmQueryNorm::kBatchNormRunning;
+  const int64_t norm = batch_norm ? 2 * kH * kDh : kDh;
+  Weights w;
+  w.to_queries =
+      testing::RandomNormalVector<double>(2 * kH * kDh * kC, 1, 0, 0.5);
+  w.norm_weight = testing::RandomUniformVector<double>(norm, 2, 0.5, 1.5);
+  w.norm_bias = testing::RandomUniformVector<double>(norm, 3, -0.2, 0.2);
+  w.keys = testing::RandomNormalVector<double>(kH * kK * 2 * kDh, 4, 0, 0.5);
+  w.values = testing::RandomNormalVector<double>(kK * kK * kC, 5);
+  if (batch_norm) {
+    w.running_mean = testing::RandomUniformVector<double>(norm, 8, -0.3, 0.3);
+    w.running_var = testing::RandomUniformVector<double>(norm, 9, 0.5, 2.0);
+  }
+  Floats params(w);
+  const std::vector<float> x = testing::RandomNormalVector(kB * kT * kC, 6);
+  std::vector<float> y(x.size());
+  ProductKeyMemoryCache cache;
+  ASSERT_TRUE(pkm->Forward(*ctx, AsParams(params.Views()),
+                           TensorView<const float>(x.data(), {kB, kT, kC}),
+                           TensorView<float>(y.data(), {kB, kT, kC}), &cache)
+                  .ok());
+  const auto x64 = testing::Cast<double>(x);
+  EXPECT_TRUE(testing::AllNear(y, Reference(w, x64), {1e-5, 1e-4}));
+
+  const std::vector<float> d_y = testing::RandomUniformVector(y.size(), 7);
+  std::vector<float> d_x(x.size());
+  Weights zero{std::vector<double>(w.to_queries.size()),
+               std::vector<double>(norm), std::vector<double>(norm),
+               std::vector<double>(w.keys.size()),
+               std::vector<double>(w.values.size())};
+  Floats grads(zero);
+  grads.running_mean = params.running_mean;  // read-only statistics
+  grads.running_var = params.running_var;
+  ASSERT_TRUE(pkm->Backward(*ctx, AsParams(params.Views()), cache,
+                            TensorView<const float>(x.data(), {kB, kT, kC}),
+                            TensorView<const float>(d_y.data(), {kB, kT, kC}),
+                            TensorView<float>(d_x.data(), {kB, kT, kC}),
+                            grads.Views())
+                  .ok());
+  const auto dy = testing::Cast<double>(d_y);
+  const testing::Tolerance tolerance{1e-5, 1e-3};
+  EXPECT_TRUE(testing::GradientMatches(
+      [&](const auto& v) { return testing::Dot(dy, Reference(w, v)); }, x64,
+      testing::Cast<double>(d_x), tolerance));
+  auto check = [&](std::vector<double> Weights::*member,
+                   const std::vector<float>& grad) {
+    EXPECT_TRUE(testing::GradientMatches(
+        [&](const auto& v) {
+          Weights varied = w;
+          varied.*member = v;
+          return testing::Dot(dy, Reference(varied, x64));
+        },
+        w.*member, testing::Cast<double>(grad), tolerance));
+  };
+  check(&Weights::to_queries, grads.to_queries);
+  check(&Weights::norm_weight, grads.norm_weight);
+  check(&Weights::norm_bias, grads.norm_bias);
+  check(&Weights::keys, grads.keys);
+  check(&Weights::values, grads.values);
+}
+
+TEST(ProductKeyMemoryTest, LayerNormQueriesForwardBackward) {
+  CheckForwardBackward(PkmQueryNorm::kLayerNorm);
+}
+
+TEST(ProductKeyMemoryTest, RunningBatchNormQueriesForwardBackward) {
+  CheckForwardBackward(PkmQueryNorm::kBatchNormRunning);
+}
+
+TEST(ProductKeyMemoryTest, NamesAndInitialisation) {
+  auto ctx = Context::Create({.num_threads = 1}).value();
+  auto pkm = ProductKeyMemory::Create(
+      {.dim = kC, .heads = kH, .num_keys = kK, .topk = kTop, .key_dim = kDh});
+  ASSERT_TRUE(pkm.ok());
+  const auto shapes = pkm->ParamShapes();
+  ASSERT_EQ(shapes.size(), 5u);
+  EXPECT_EQ(shapes[3].name, "keys");
+  EXPECT_EQ(shapes[3].shape, (Shape{kH, kK, 2, kDh}));
+  EXPECT_EQ(shapes[4].name, "values.weight");
+  Weights zero{std::vector<double>(2 * kH * kDh * kC), std::vector<double>(kDh),
+               std::vector<double>(kDh, 3.0),
+               std::vector<double>(kH * kK * 2 * kDh),
+               std::vector<double>(kK * kK * kC)};
+  Floats params(zero);
+  ASSERT_TRUE(pkm->InitParams(*ctx, 9, params.Views()).ok());
+  EXPECT_EQ(params.norm_weight, std::vector<float>(kDh, 1.0f));
+  EXPECT_EQ(params.norm_bias, std::vector<float>(kDh, 0.0f));
+  double sum_sq = 0;
+  for (float v : params.values) sum_sq += v * v;
+  EXPECT_NEAR(sum_sq / params.values.size(), 1.0 / kC, 0.5 / kC);
+}
+
+TEST(ProductKeyMemoryTest, BadArgumentsAreInvalidArgument) {
+  EXPECT_EQ(ProductKeyMemory::Create({.dim = 4, .num_keys = 3, .topk = 4})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ProductKeyMemory::Create({.dim = 0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto ctx = Context::Create({.num_threads = 1}).value();
+  auto pkm = ProductKeyMemory::Create(
+      {.dim = kC, .heads = kH, .num_keys = kK, .topk = kTop, .key_dim = kDh});
+  Weights zero{std::vector<double>(2 * kH * kDh * kC), std::vector<double>(kDh),
+               std::vector<double>(kDh), std::vector<double>(kH * kK * 2 * kDh),
+               std::vector<double>(kK * kK * kC)};
+  Floats params(zero);
+  std::vector<float> buffer(64);
+  const auto status = pkm->Forward(
+      *ctx, AsParams(params.Views()),
+      TensorView<const float>(buffer.data(), {1, 2, kC + 1}),
+      TensorView<float>(buffer.data() + 32, {1, 2, kC + 1}), nullptr);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("x must be"), std::string::npos);
+  ProductKeyMemoryGrads wrong = params.Views();
+  wrong.keys = TensorView<float>(params.keys.data(), {kH, kK, kDh, 2});
+  EXPECT_EQ(
+      pkm->Forward(*ctx, AsParams(wrong),
+                   TensorView<const float>(buffer.data(), {1, 2, kC}),
+                   TensorView<float>(buffer.data() + 32, {1, 2, kC}), nullptr)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace ftx
