@@ -42,9 +42,9 @@
 //
 // Differences from fast-transformers (documented, deliberate):
 //   - reproducible randomness (above); fast-transformers reseeds empty clusters
-//   from an
-//     unseeded random_device and its CPU kernel starts from the first C hashes
-//     (pass SetInitialCentroids({0, ..., C-1}) to reproduce that);
+//     from an unseeded random_device and starts the k-means from the hashes at
+//     np.random.choice(L, C, replace=False) (clustering/hamming/__init__.py);
+//     SetInitialCentroids with those positions reproduces that start;
 //   - ties of torch.topk(sorted=False) are resolved towards the lower key
 //   index;
 //   - improved-clustered masks a top-k slot when that cluster's own key is
@@ -55,6 +55,12 @@
 //   where
 //     fast-transformers fills them with -1e7 (identical unless a dot product is
 //     ~-1e7);
+//   - improved-clustered's backward includes the gradient through the
+//     factor (1 - m_c) of the top-k weights; fast-transformers broadcasts m_c
+//     with a raw kernel call that autograd does not see, so its dQ and dK
+//     miss that term (the forward is the same; the parity test
+//     tests/parity/fast_transformers_attention_test.cc compares with the
+//     library's gradient with that call made differentiable);
 //   - a query whose keys are all padded gets a zero output instead of NaN;
 //   - no recurrent form: the clusters depend on every query of the sequence.
 //

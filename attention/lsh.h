@@ -23,11 +23,11 @@
 //     unseeded std::mt19937(std::random_device()) (its CUDA kernel: curand with
 //     seed 1234);
 //   - the initial centroid positions come from ChooseCentroidIndices (a seeded
-//   choice of
-//     distinct positions, like the np.random.choice of SEMANTICS.md
-//     section 2.9), where the CPU kernel of fast-transformers 0.4.0 takes the
-//     first `clusters` hashes; pass positions 0..C-1 explicitly to reproduce
-//     that.
+//     choice of distinct positions), where fast-transformers 0.4.0 draws them
+//     with np.random.choice(L, clusters, replace=False) in Python
+//     (clustering/hamming/__init__.py; the kernel's own "first `clusters`
+//     hashes" initialisation is commented out); pass the same positions to
+//     HammingKMeans to reproduce a run.
 #ifndef FTX_ATTENTION_LSH_H_
 #define FTX_ATTENTION_LSH_H_
 
