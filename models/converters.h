@@ -1,7 +1,7 @@
 // Every state-dict converter ftx ships (models/state_dict_map.h), registered
 // by reference library name for `ftx convert`: x-transformers,
 // performer-pytorch, linear-attention-transformer, linformer-pytorch,
-// fast-transformers and torch.nn.TransformerEncoder.
+// fast-transformers, torch.nn.TransformerEncoder and Hugging Face BERT.
 #ifndef FTX_MODELS_CONVERTERS_H_
 #define FTX_MODELS_CONVERTERS_H_
 

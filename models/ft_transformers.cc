@@ -105,6 +105,10 @@ absl::Status ValidateFtTransformerConfig(const FtTransformerConfig& c,
   if (c.activation != Activation::kRelu && c.activation != Activation::kGelu) {
     return Bad("activation", "relu or gelu", ActivationName(c.activation));
   }
+  if (!(c.layer_norm_eps >= 0.0f && std::isfinite(c.layer_norm_eps))) {
+    return Bad("layer_norm_eps", ">= 0 and finite",
+               absl::StrCat(c.layer_norm_eps));
+  }
   if (decoder) {
     if (c.cross_n_heads < 0) {
       return Bad("cross_n_heads", ">= 0", absl::StrCat(c.cross_n_heads));
@@ -180,6 +184,9 @@ class FtStack {
   bool DropoutActive(bool training) const {
     return training && config_.dropout > 0.0f;
   }
+  bool HiddenDropoutActive(bool training) const {
+    return DropoutActive(training) && config_.feed_forward_hidden_dropout;
+  }
   void ApplyDropout(const Context& ctx, uint64_t seed, uint64_t stream,
                     TensorView<const float> in, TensorView<float> out) const {
     DropoutInto(ctx, {.p = config_.dropout, .seed = seed, .stream = stream},
@@ -211,7 +218,7 @@ class FtStack {
 
   FtTransformerConfig config_;
   bool decoder_;
-  LayerNormLayer layer_norm_;  // eps 1e-5, shared by every norm
+  LayerNormLayer layer_norm_;  // eps layer_norm_eps, shared by every norm
   std::vector<Sublayer> sublayers_;
   // Forward state: the input of every sublayer plus the stack output before
   // the final norm, [N, L, C] each; the last call's memory and inputs.
@@ -234,7 +241,8 @@ absl::StatusOr<std::unique_ptr<FtStack>> FtStack::Create(
                                             config.cross_attention_type));
   }
   FTX_ASSIGN_OR_RETURN(LayerNormLayer norm,
-                       LayerNormLayer::Create({.dim = config.d_model}));
+                       LayerNormLayer::Create({.dim = config.d_model,
+                                               .eps = config.layer_norm_eps}));
   std::unique_ptr<FtStack> stack(new FtStack(config, decoder, norm));
   const int64_t cross_heads =
       config.cross_n_heads > 0 ? config.cross_n_heads : config.n_heads;
@@ -491,9 +499,9 @@ absl::Status FtStack::Forward(const Context& ctx, ParamStore& store,
                            Buffer(sub.hidden, hidden_shape));
       FTX_ASSIGN_OR_RETURN(TensorView<float> activated,
                            Buffer(sub.activated, hidden_shape));
-      FTX_RETURN_IF_ERROR(FeedForward(ctx, store, sub, input, dropout,
-                                      inputs.seed, stream + 1, hidden,
-                                      activated, branch));
+      FTX_RETURN_IF_ERROR(FeedForward(
+          ctx, store, sub, input, HiddenDropoutActive(inputs.training),
+          inputs.seed, stream + 1, hidden, activated, branch));
     } else {
       const bool cross = sub.kind == Kind::kCross;
       FTX_ASSIGN_OR_RETURN(AttentionLayerParams params,
@@ -597,7 +605,7 @@ absl::Status FtStack::Backward(const Context& ctx, ParamStore& store,
                            Buffer(d_hidden_, sub.hidden.shape()));
       FTX_RETURN_IF_ERROR(LinearBackward(ctx, sub.activated.view<float>(), w2,
                                          d_branch, d_hidden, d_w2, d_b2));
-      if (dropout) {
+      if (HiddenDropoutActive(inputs_.training)) {
         ApplyDropout(ctx, inputs_.seed, stream + 1, d_hidden, d_hidden);
       }
       FTX_RETURN_IF_ERROR(ActivateBackward(ctx, config_.activation,

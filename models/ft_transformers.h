@@ -6,6 +6,7 @@
 //
 //   encoder layer:  x = norm1(x + dropout(attention(x, x, x)))
 //                   y = dropout(linear2(dropout(act(linear1(x)))))
+//                     (the inner dropout unless !feed_forward_hidden_dropout)
 //                   out = norm2(x + y)
 //   decoder layer:  x = norm1(x + dropout(self_attention(x, x, x)))
 //                   x = norm2(x + dropout(cross_attention(x, mem, mem)))
@@ -13,10 +14,11 @@
 //   stack:          the layers in turn, then the optional final LayerNorm
 //
 // act is relu or gelu (the erf form, torch F.gelu); every LayerNorm has eps
-// 1e-5. Dropout (probability config.dropout, training only) uses
-// kernels/dropout with one Philox stream per site, so Backward regenerates
-// the masks; attention dropout is the mechanism's own (its
-// attention_dropout option).
+// config.layer_norm_eps (fast-transformers' 1e-5 by default; Hugging Face
+// BERT, models/bert.h, uses its config's layer_norm_eps, 1e-12). Dropout
+// (probability config.dropout, training only) uses kernels/dropout with one
+// Philox stream per site, so Backward regenerates the masks; attention dropout
+// is the mechanism's own (its attention_dropout option).
 //
 // Masks follow fast-transformers: the encoder's attn_mask [L, L] and length
 // mask [N] (used for queries and keys); the decoder's x_mask [L, L], x lengths,
@@ -92,6 +94,10 @@ struct FtTransformerConfig {
   float dropout = 0.1f;                       // in [0, 1)
   Activation activation = Activation::kRelu;  // kRelu or kGelu
   bool final_normalization = true;
+  float layer_norm_eps = 1e-5f;  // every LayerNorm; >= 0 and finite
+  // Dropout on act(linear1(x)) as fast-transformers; Hugging Face BERT has
+  // none there (false), only on the residual branches.
+  bool feed_forward_hidden_dropout = true;
   // Self-attention mechanism (registry name or "a:b" composition) and the
   // builder options of every mechanism (self and cross, as fast-transformers
   // forwards unknown builder attributes to both attention builders).

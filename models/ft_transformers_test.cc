@@ -101,6 +101,10 @@ class FtTransformersTest : public ::testing::Test {
     scalar(point);
   }
 
+  // Dropout on (and, with hidden_dropout, inside) the feed-forward: seeded,
+  // and the gradients of the sampled network match central differences.
+  void CheckDropout(bool hidden_dropout);
+
   std::unique_ptr<Context> ctx_;
   AttentionRegistry registry_;
 };
@@ -152,13 +156,14 @@ TEST_F(FtTransformersTest, ParameterNamesAreFastTransformersStateDictKeys) {
 }
 
 // Double-precision evaluation of one post-norm encoder layer with full
-// attention (transformers.py), straight from the formulas.
+// attention (transformers.py), straight from the formulas; LayerNorm eps
+// `eps`.
 std::vector<double> ReferenceEncoderLayer(ParamStore& store,
                                           const std::string& p,
                                           const std::vector<double>& x,
                                           int64_t N, int64_t L, int64_t C,
                                           int64_t H, int64_t E, int64_t D,
-                                          int64_t F, bool gelu) {
+                                          int64_t F, bool gelu, double eps) {
   auto value = [&](const std::string& name) {
     TensorView<float> v = store.Value(p + name).value();
     return std::vector<double>(v.data(), v.data() + v.NumElements());
@@ -189,7 +194,7 @@ std::vector<double> ReferenceEncoderLayer(ParamStore& store,
       }
       for (int64_t c = 0; c < C; ++c) {
         in[r * C + c] =
-            (in[r * C + c] - mean) / std::sqrt(var + 1e-5) * g[c] + b[c];
+            (in[r * C + c] - mean) / std::sqrt(var + eps) * g[c] + b[c];
       }
     }
     return in;
@@ -252,6 +257,8 @@ TEST_F(FtTransformersTest, EncoderMatchesDoubleReferenceOfTransformersPy) {
     config.n_layers = 1;
     config.final_normalization = false;
     config.activation = gelu ? Activation::kGelu : Activation::kRelu;
+    // The default eps, and one large enough to change the outputs.
+    config.layer_norm_eps = gelu ? 0.25f : 1e-5f;
     auto encoder = FtTransformerEncoder::Create(config, registry_).value();
     auto store = MakeStore(encoder->ParamShapes());
     ASSERT_TRUE(encoder->InitParams(*ctx_, *store).ok());
@@ -274,7 +281,7 @@ TEST_F(FtTransformersTest, EncoderMatchesDoubleReferenceOfTransformersPy) {
                     .ok());
     const std::vector<double> expected = ReferenceEncoderLayer(
         *store, "layers.0.", std::vector<double>(x.begin(), x.end()), N, L, C,
-        2, 3, 4, 6, gelu);
+        2, 3, 4, 6, gelu, config.layer_norm_eps);
     EXPECT_TRUE(AllNear(y, expected, {.abs = 2e-5, .rel = 1e-4}))
         << "gelu " << gelu;
   }
@@ -360,9 +367,17 @@ TEST_F(FtTransformersTest, DecoderGradientsIncludingMemory) {
 }
 
 TEST_F(FtTransformersTest, DropoutIsSeededAndRegeneratedInBackward) {
+  for (bool hidden_dropout : {true, false}) {
+    SCOPED_TRACE(hidden_dropout);
+    CheckDropout(hidden_dropout);
+  }
+}
+
+void FtTransformersTest::CheckDropout(bool hidden_dropout) {
   FtTransformerConfig config = TinyConfig();
   config.n_layers = 1;
   config.dropout = 0.3f;
+  config.feed_forward_hidden_dropout = hidden_dropout;
   config.activation = Activation::kGelu;  // smooth for finite differences
   auto encoder = FtTransformerEncoder::Create(config, registry_).value();
   auto store = MakeStore(encoder->ParamShapes());
@@ -510,6 +525,8 @@ TEST_F(FtTransformersTest, BadConfigsAndInputsAreInvalidArgument) {
           {"dropout", [](FtTransformerConfig& c) { c.dropout = 1.0f; }},
           {"activation",
            [](FtTransformerConfig& c) { c.activation = Activation::kSilu; }},
+          {"layer_norm_eps",
+           [](FtTransformerConfig& c) { c.layer_norm_eps = -1e-5f; }},
           {"attention_type",
            [](FtTransformerConfig& c) { c.attention_type = "nope"; }},
           {"attention_type",
