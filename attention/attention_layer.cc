@@ -17,6 +17,10 @@ enum Saved : int {
   kExpandedKeys,  // [N, M + S, H, E] when memory kv or shared kv heads are used
   kExpandedValues,  // [N, M + S, H, D]
   kAttended,        // [N, L, H, D], inner attention output
+  kNormQueries,     // [N, L, H, E], qk_norm output
+  kNormKeys,        // [N, K, H, E], K = M + S or S; qk_norm output
+  kHeadScaled,      // [N, L, H, D], head_scale output
+  kGated,           // [N, L, H, D], gate_values output
   kSavedCount
 };
 
@@ -27,8 +31,53 @@ enum GradScratch : int {
   kExpandedValuesGrad,  // [N, M + S, H, D]
   kKeysGrad,            // [N, S, Hkv, E]
   kValuesGrad,          // [N, S, Hkv, D]
+  kNormQueriesGrad,     // [N, L, H, E]
+  kNormKeysGrad,        // [N, K, H, E]
+  kHeadScaledGrad,      // [N, L, H, D]
+  kGatedGrad,           // [N, L, H, D]
+  kGateInputGrad,       // [N, L, C], the value gate's x gradient
   kGradScratchCount
 };
+
+constexpr char kHeadScaleName[] = "head_scale_params";
+constexpr char kQkNormScaleName[] = "qk_norm_scale";
+
+// out[n, l, h, :] = gamma[h] * in[n, l, h, :]; in, out [N, L, H, D].
+void ScaleHeads(const Context& ctx, TensorView<const float> gamma,
+                TensorView<const float> in, TensorView<float> out) {
+  const int64_t rows = in.dim(0) * in.dim(1), H = in.dim(2), D = in.dim(3);
+  ctx.pool().ParallelFor(rows, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t h = 0; h < H; ++h) {
+        const float g = gamma.data()[h];
+        const float* source = in.data() + (r * H + h) * D;
+        float* target = out.data() + (r * H + h) * D;
+        for (int64_t d = 0; d < D; ++d) target[d] = g * source[d];
+      }
+    }
+  });
+}
+
+// d_in = gamma[h] d_out (=); d_gamma[h] += sum of in * d_out over n, l, d.
+void ScaleHeadsBackward(TensorView<const float> gamma,
+                        TensorView<const float> in,
+                        TensorView<const float> d_out, TensorView<float> d_in,
+                        TensorView<float> d_gamma) {
+  const int64_t rows = in.dim(0) * in.dim(1), H = in.dim(2), D = in.dim(3);
+  for (int64_t h = 0; h < H; ++h) {
+    const float g = gamma.data()[h];
+    double sum = 0.0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t offset = (r * H + h) * D;
+      for (int64_t d = 0; d < D; ++d) {
+        sum += static_cast<double>(in.data()[offset + d]) *
+               d_out.data()[offset + d];
+        d_in.data()[offset + d] = g * d_out.data()[offset + d];
+      }
+    }
+    if (d_gamma.data() != nullptr) d_gamma.data()[h] += static_cast<float>(sum);
+  }
+}
 
 // [N, T, H, X] as [N, T, H * X] (contiguous).
 TensorView<float> MergeHeads(TensorView<float> view) {
@@ -137,8 +186,84 @@ absl::StatusOr<std::unique_ptr<AttentionLayer>> AttentionLayer::Create(
     return absl::InvalidArgumentError(
         "AttentionLayer: d_keys, d_values and num_memory_kv must be >= 0");
   }
-  return std::unique_ptr<AttentionLayer>(
+  if (resolved.on_attn && resolved.has_out_bias()) {
+    return absl::InvalidArgumentError(
+        "AttentionLayer: on_attn has no out projection bias; set out_bias to "
+        "false");
+  }
+  std::unique_ptr<AttentionLayer> layer(
       new AttentionLayer(resolved, std::move(inner), std::move(qk_transform)));
+  if (resolved.qk_norm) {
+    QkNormConfig qk = *resolved.qk_norm;
+    qk.heads = resolved.n_heads;
+    qk.head_dim = resolved.d_keys;
+    FTX_ASSIGN_OR_RETURN(QkNorm norm, QkNorm::Create(qk));
+    layer->qk_norm_.emplace(norm);
+    layer->config_.qk_norm = qk;
+  }
+  if (resolved.gate_values) {
+    FTX_ASSIGN_OR_RETURN(
+        ValueGating gate,
+        ValueGating::Create(
+            {.dim = resolved.d_model,
+             .heads = resolved.n_heads,
+             .head_dim = resolved.d_values,
+             .initial_bias = resolved.gate_values_initial_bias}));
+    layer->value_gate_.emplace(std::move(gate));
+  }
+  if (resolved.on_attn) {
+    FTX_ASSIGN_OR_RETURN(AttentionOnAttention on_attn,
+                         AttentionOnAttention::Create(
+                             {.dim = resolved.d_model,
+                              .in_dim = resolved.n_heads * resolved.d_values}));
+    layer->on_attn_.emplace(std::move(on_attn));
+  }
+  return layer;
+}
+
+bool AttentionLayer::IsOptionParam(absl::string_view name) {
+  return name == kHeadScaleName || name == "to_v_gate.weight" ||
+         name == "to_v_gate.bias" || name == kQkNormScaleName ||
+         name == "qk_norm_q_scale" || name == "qk_norm_k_scale";
+}
+
+absl::Status AttentionLayer::InitOptionParams(
+    const AttentionLayerGrads& params) const {
+  if (config_.head_scale) {
+    if (params.head_scale.NumElements() != config_.n_heads ||
+        params.head_scale.data() == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("AttentionLayer: InitOptionParams needs head_scale [1, ",
+                       config_.n_heads, ", 1, 1]"));
+    }
+    std::fill_n(params.head_scale.data(), config_.n_heads, 1.0f);
+  }
+  if (value_gate_) {
+    FTX_RETURN_IF_ERROR(value_gate_->InitParams(
+        {params.value_gate_weight, params.value_gate_bias}));
+  }
+  if (qk_norm_) {
+    FTX_RETURN_IF_ERROR(
+        qk_norm_->InitParams({params.qk_norm_scale, params.qk_norm_q_scale,
+                              params.qk_norm_k_scale}));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AttentionLayer::CheckOptionParams(
+    const AttentionLayerParams& params) const {
+  const AttentionLayerConfig& c = config_;
+  if (c.head_scale) {
+    FTX_RETURN_IF_ERROR(
+        CheckParam(kHeadScaleName, params.head_scale, {1, c.n_heads, 1, 1}));
+  }
+  if (value_gate_) {
+    FTX_RETURN_IF_ERROR(CheckParam("to_v_gate.weight", params.value_gate_weight,
+                                   {c.n_heads * c.d_values, c.d_model}));
+    FTX_RETURN_IF_ERROR(CheckParam("to_v_gate.bias", params.value_gate_bias,
+                                   {c.n_heads * c.d_values}));
+  }
+  return absl::OkStatus();
 }
 
 std::vector<ParamShape> AttentionLayer::ParamShapes() const {
@@ -150,7 +275,7 @@ std::vector<ParamShape> AttentionLayer::ParamShapes() const {
       {"query_projection.weight", {q_width, c.d_model}},
       {"key_projection.weight", {k_width, c.d_model_keys}},
       {"value_projection.weight", {v_width, c.d_model_keys}},
-      {"out_projection.weight", {c.d_model, o_width}}};
+      {"out_projection.weight", {(c.on_attn ? 2 : 1) * c.d_model, o_width}}};
   if (c.bias) {
     shapes.insert(shapes.begin() + 1, {"query_projection.bias", {q_width}});
     shapes.insert(shapes.begin() + 3, {"key_projection.bias", {k_width}});
@@ -164,6 +289,18 @@ std::vector<ParamShape> AttentionLayer::ParamShapes() const {
     shapes.push_back(
         {"memory_values", {c.n_heads, c.num_memory_kv, c.d_values}});
   }
+  if (c.head_scale) shapes.push_back({kHeadScaleName, {1, c.n_heads, 1, 1}});
+  if (value_gate_) {
+    for (ParamShape& shape : value_gate_->ParamShapes()) {
+      shapes.push_back(std::move(shape));
+    }
+  }
+  if (qk_norm_) {
+    for (ParamShape& shape : qk_norm_->ParamShapes()) {
+      if (shape.name == "scale") shape.name = kQkNormScaleName;
+      shapes.push_back(std::move(shape));
+    }
+  }
   return shapes;
 }
 
@@ -175,8 +312,13 @@ AttentionInputs AttentionLayer::InnerInputs(const AttentionLayerCache& cache,
       config_.num_memory_kv > 0 || config_.kv_heads != config_.n_heads;
   const int64_t M = config_.num_memory_kv;
   AttentionInputs inputs;
-  inputs.queries = cache.saved[kQueries].view<float>();
-  inputs.keys = cache.saved[expanded ? kExpandedKeys : kKeys].view<float>();
+  inputs.queries =
+      cache.saved[qk_norm_ ? kNormQueries : kQueries].view<float>();
+  inputs.keys =
+      cache.saved[qk_norm_   ? kNormKeys
+                  : expanded ? kExpandedKeys
+                             : kKeys]
+          .view<float>();
   inputs.values =
       cache.saved[expanded ? kExpandedValues : kValues].view<float>();
   inputs.query_lengths = masks.query_lengths;
@@ -234,7 +376,8 @@ absl::Status AttentionLayer::Forward(const Context& ctx,
   FTX_RETURN_IF_ERROR(CheckParam("value_projection.weight", params.value_weight,
                                  {Hkv * D, source.dim(2)}));
   FTX_RETURN_IF_ERROR(CheckParam("out_projection.weight", params.out_weight,
-                                 {c.d_model, H * D}));
+                                 {(c.on_attn ? 2 : 1) * c.d_model, H * D}));
+  FTX_RETURN_IF_ERROR(CheckOptionParams(params));
   if (c.bias) {
     FTX_RETURN_IF_ERROR(
         CheckParam("query_projection.bias", params.query_bias, {H * E}));
@@ -257,11 +400,16 @@ absl::Status AttentionLayer::Forward(const Context& ctx,
 
   AttentionLayerCache& saved = cache != nullptr ? *cache : scratch_;
   saved.saved.resize(kSavedCount);
-  const Shape shapes[kSavedCount] = {{N, L, H, E},     {N, S, Hkv, E},
-                                     {N, S, Hkv, D},   {N, M + S, H, E},
-                                     {N, M + S, H, D}, {N, L, H, D}};
+  const int64_t K = expanded ? M + S : S;
+  const Shape shapes[kSavedCount] = {
+      {N, L, H, E},     {N, S, Hkv, E}, {N, S, Hkv, D}, {N, M + S, H, E},
+      {N, M + S, H, D}, {N, L, H, D},   {N, L, H, E},   {N, K, H, E},
+      {N, L, H, D},     {N, L, H, D}};
   for (int i = 0; i < kSavedCount; ++i) {
     if (!expanded && (i == kExpandedKeys || i == kExpandedValues)) continue;
+    if (!qk_norm_ && (i == kNormQueries || i == kNormKeys)) continue;
+    if (!c.head_scale && i == kHeadScaled) continue;
+    if (!value_gate_ && i == kGated) continue;
     FTX_RETURN_IF_ERROR(EnsureTensor(saved.saved[i], shapes[i], ctx.device()));
   }
   TensorView<float> queries = saved.saved[kQueries].view<float>();
@@ -313,12 +461,36 @@ absl::Status AttentionLayer::Forward(const Context& ctx,
       }
     }
   }
+  if (qk_norm_) {
+    FTX_RETURN_IF_ERROR(qk_norm_->Forward(
+        ctx, QkNormViews(params), queries,
+        saved.saved[expanded ? kExpandedKeys : kKeys].view<float>(),
+        saved.saved[kNormQueries].view<float>(),
+        saved.saved[kNormKeys].view<float>()));
+  }
   const AttentionInputs inputs = InnerInputs(saved, masks, N, L, S);
   TensorView<float> attended = saved.saved[kAttended].view<float>();
   FTX_RETURN_IF_ERROR(inner_->Forward(
       ctx, inputs, attended, cache != nullptr ? &saved.inner : nullptr));
-  return LinearForward(ctx, MergeHeads(TensorView<const float>(attended)),
-                       params.out_weight, params.out_bias, out);
+  TensorView<const float> merged_input = attended;
+  if (c.head_scale) {
+    TensorView<float> scaled = saved.saved[kHeadScaled].view<float>();
+    ScaleHeads(ctx, params.head_scale, attended, scaled);
+    merged_input = scaled;
+  }
+  if (value_gate_) {
+    TensorView<float> gated = saved.saved[kGated].view<float>();
+    FTX_RETURN_IF_ERROR(value_gate_->Forward(
+        ctx, {params.value_gate_weight, params.value_gate_bias}, x,
+        MergeHeads(merged_input), MergeHeads(gated), &saved.value_gate));
+    merged_input = gated;
+  }
+  if (on_attn_) {
+    return on_attn_->Forward(ctx, params.out_weight, MergeHeads(merged_input),
+                             out, &saved.on_attn);
+  }
+  return LinearForward(ctx, MergeHeads(merged_input), params.out_weight,
+                       params.out_bias, out);
 }
 
 absl::Status AttentionLayer::Backward(
@@ -349,10 +521,15 @@ absl::Status AttentionLayer::Backward(
   }
   const bool expanded = M > 0 || Hkv != H;
   grad_scratch_.resize(kGradScratchCount);
-  const Shape shapes[kGradScratchCount] = {{N, L, H, D},     {N, L, H, E},
-                                           {N, M + S, H, E}, {N, M + S, H, D},
-                                           {N, S, Hkv, E},   {N, S, Hkv, D}};
+  const int64_t K = expanded ? M + S : S;
+  const Shape shapes[kGradScratchCount] = {
+      {N, L, H, D},   {N, L, H, E},   {N, M + S, H, E}, {N, M + S, H, D},
+      {N, S, Hkv, E}, {N, S, Hkv, D}, {N, L, H, E},     {N, K, H, E},
+      {N, L, H, D},   {N, L, H, D},   {N, L, c.d_model}};
   for (int i = 0; i < kGradScratchCount; ++i) {
+    if (!qk_norm_ && (i == kNormQueriesGrad || i == kNormKeysGrad)) continue;
+    if (!c.head_scale && i == kHeadScaledGrad) continue;
+    if (!value_gate_ && (i == kGatedGrad || i == kGateInputGrad)) continue;
     FTX_RETURN_IF_ERROR(
         EnsureTensor(grad_scratch_[i], shapes[i], ctx.device()));
   }
@@ -361,14 +538,48 @@ absl::Status AttentionLayer::Backward(
   TensorView<float> d_keys = grad_scratch_[kKeysGrad].view<float>();
   TensorView<float> d_values = grad_scratch_[kValuesGrad].view<float>();
 
-  // out = merge(attended) Wo^T + bo.
-  FTX_RETURN_IF_ERROR(LinearBackward(
-      ctx, MergeHeads(cache.saved[kAttended].view<float>()), params.out_weight,
-      d_out, MergeHeads(d_attended), grads.out_weight, grads.out_bias));
+  // attended -> [head_scale] -> [gate_values] -> out projection (or
+  // attention on attention): walk back from the last stage.
+  const TensorView<const float> attended = cache.saved[kAttended].view<float>();
+  TensorView<const float> scaled = attended;
+  TensorView<float> d_scaled = d_attended;
+  if (c.head_scale) {
+    scaled = cache.saved[kHeadScaled].view<float>();
+    d_scaled = grad_scratch_[kHeadScaledGrad].view<float>();
+  }
+  TensorView<const float> merged_input = scaled;
+  TensorView<float> d_merged_input = d_scaled;
+  if (value_gate_) {
+    merged_input = cache.saved[kGated].view<float>();
+    d_merged_input = grad_scratch_[kGatedGrad].view<float>();
+  }
+  if (on_attn_) {
+    FTX_RETURN_IF_ERROR(on_attn_->Backward(
+        ctx, params.out_weight, cache.on_attn, MergeHeads(merged_input), d_out,
+        MergeHeads(d_merged_input), grads.out_weight));
+  } else {
+    FTX_RETURN_IF_ERROR(LinearBackward(
+        ctx, MergeHeads(merged_input), params.out_weight, d_out,
+        MergeHeads(d_merged_input), grads.out_weight, grads.out_bias));
+  }
+  if (value_gate_) {
+    FTX_RETURN_IF_ERROR(value_gate_->Backward(
+        ctx, {params.value_gate_weight, params.value_gate_bias},
+        cache.value_gate, x, MergeHeads(scaled),
+        MergeHeads(TensorView<const float>(d_merged_input)),
+        grad_scratch_[kGateInputGrad].view<float>(), MergeHeads(d_scaled),
+        {grads.value_gate_weight, grads.value_gate_bias}));
+  }
+  if (c.head_scale) {
+    ScaleHeadsBackward(params.head_scale, attended, d_scaled, d_attended,
+                       grads.head_scale);
+  }
   const AttentionInputs inputs = InnerInputs(cache, masks, N, L, S);
+  const TensorView<float> d_keys_in =
+      expanded ? grad_scratch_[kExpandedKeysGrad].view<float>() : d_keys;
   AttentionGrads inner_grads{
-      d_queries,
-      expanded ? grad_scratch_[kExpandedKeysGrad].view<float>() : d_keys,
+      qk_norm_ ? grad_scratch_[kNormQueriesGrad].view<float>() : d_queries,
+      qk_norm_ ? grad_scratch_[kNormKeysGrad].view<float>() : d_keys_in,
       expanded ? grad_scratch_[kExpandedValuesGrad].view<float>() : d_values};
   const bool bias_grad = IsGiven(masks.head_bias) && IsGiven(grads.head_bias);
   if (bias_grad) {
@@ -393,8 +604,15 @@ absl::Status AttentionLayer::Backward(
       }
     }
   }
+  if (qk_norm_) {
+    FTX_RETURN_IF_ERROR(qk_norm_->Backward(
+        ctx, QkNormViews(params), cache.saved[kQueries].view<float>(),
+        cache.saved[expanded ? kExpandedKeys : kKeys].view<float>(),
+        inner_grads.d_queries, inner_grads.d_keys, d_queries, d_keys_in,
+        {grads.qk_norm_scale, grads.qk_norm_q_scale, grads.qk_norm_k_scale}));
+  }
   if (expanded) {
-    CollapseHeads(ctx, inner_grads.d_keys, d_keys, grads.memory_keys);
+    CollapseHeads(ctx, d_keys_in, d_keys, grads.memory_keys);
     CollapseHeads(ctx, inner_grads.d_values, d_values, grads.memory_values);
   }
   if (qk_transform_ != nullptr) {
@@ -414,9 +632,15 @@ absl::Status AttentionLayer::Backward(
       LinearBackward(ctx, source, params.key_weight, MergeHeads(d_keys),
                      d_source, grads.key_weight, grads.key_bias,
                      {.accumulate_input_grad = self_attention}));
-  return LinearBackward(ctx, source, params.value_weight, MergeHeads(d_values),
-                        d_source, grads.value_weight, grads.value_bias,
-                        {.accumulate_input_grad = true});
+  FTX_RETURN_IF_ERROR(LinearBackward(
+      ctx, source, params.value_weight, MergeHeads(d_values), d_source,
+      grads.value_weight, grads.value_bias, {.accumulate_input_grad = true}));
+  if (value_gate_) {
+    const float* gate_input = grad_scratch_[kGateInputGrad].data<float>();
+    float* target = d_x.data();
+    for (int64_t i = 0; i < d_x.NumElements(); ++i) target[i] += gate_input[i];
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace ftx

@@ -15,6 +15,19 @@
 // attn_kv_heads): K and V have kv_heads heads, each shared by n_heads /
 // kv_heads query heads.
 //
+// x-transformers 0.26.6 Attention options (SEMANTICS 6.2), all off by default:
+//   qk_norm     attention/qk_norm.h on the queries and the (memory-extended)
+//               keys after the Q/K transform; the inner mechanism must then
+//               run with softmax_temp = 1 (the norm carries the scale).
+//   head_scale  attended[n, l, h, :] *= head_scale_params[h] before the heads
+//               are merged ("head_scale_params" [1, H, 1, 1], init ones; the
+//               layers/normformer.h HeadScale formula).
+//   gate_values merged heads *= sigmoid(x Wg^T + bg) (attention/value_gating.h,
+//               "to_v_gate.weight" [H * D, C], "to_v_gate.bias" [H * D]).
+//   on_attn     the out projection becomes attention on attention
+//               (attention/attention_on_attention.h): out_projection.weight
+//               is [2C, H * D] (x-transformers' to_out.0.weight), no bias.
+//
 // Parameter names follow fast-transformers' state_dict:
 // query_projection.{weight,bias}, key_projection.*, value_projection.*,
 // out_projection.*, plus memory_keys [H, M, E] and memory_values [H, M, D] when
@@ -31,8 +44,12 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "attention/attention.h"
+#include "attention/attention_on_attention.h"
+#include "attention/qk_norm.h"
 #include "attention/qk_transform.h"
+#include "attention/value_gating.h"
 
 namespace ftx {
 
@@ -50,6 +67,13 @@ struct AttentionLayerConfig {
   // Apply the Q/K transform to the values too (x-transformers 0.26.6 rotary;
   // needs D >= the transform's width).
   bool transform_values = false;
+  // x-transformers 0.26.6 options (see the top of this file). qk_norm's
+  // heads and head_dim are filled in from n_heads and d_keys.
+  std::optional<QkNormConfig> qk_norm;
+  bool head_scale = false;
+  bool gate_values = false;
+  float gate_values_initial_bias = 1.0f;  // 0.26.6: 1
+  bool on_attn = false;
 
   bool has_out_bias() const { return out_bias.value_or(bias); }
 };
@@ -64,6 +88,12 @@ struct AttentionLayerParams {
   TensorView<const float> value_weight, value_bias;
   TensorView<const float> out_weight, out_bias;
   TensorView<const float> memory_keys, memory_values;
+  // Present with the matching option only.
+  TensorView<const float> head_scale;                        // [1, H, 1, 1]
+  TensorView<const float> value_gate_weight;                 // [H * D, C]
+  TensorView<const float> value_gate_bias;                   // [H * D]
+  TensorView<const float> qk_norm_scale;                     // [1, H, 1, 1]
+  TensorView<const float> qk_norm_q_scale, qk_norm_k_scale;  // [H, 1, E]
 };
 
 struct AttentionLayerGrads {
@@ -72,6 +102,9 @@ struct AttentionLayerGrads {
   TensorView<float> value_weight, value_bias;
   TensorView<float> out_weight, out_bias;
   TensorView<float> memory_keys, memory_values;
+  TensorView<float> head_scale;
+  TensorView<float> value_gate_weight, value_gate_bias;
+  TensorView<float> qk_norm_scale, qk_norm_q_scale, qk_norm_k_scale;
   // [H, L, S], accumulated (+=) when the masks carry a head_bias; may stay
   // empty.
   TensorView<float> head_bias;
@@ -93,6 +126,8 @@ struct AttentionLayerMasks {
 struct AttentionLayerCache {
   std::vector<Tensor> saved;
   AttentionCache inner;
+  ValueGatingCache value_gate;
+  AttentionOnAttentionCache on_attn;
 };
 
 class AttentionLayer {
@@ -106,8 +141,17 @@ class AttentionLayer {
   const AttentionLayerConfig& config() const { return config_; }
   Attention& inner() { return *inner_; }
 
-  // The parameters this layer needs, in state_dict order.
+  // The parameters this layer needs, in state_dict order; the option
+  // parameters (head_scale_params, to_v_gate.*, qk_norm_scale,
+  // qk_norm_q_scale, qk_norm_k_scale) last.
   std::vector<ParamShape> ParamShapes() const;
+  // Whether `name` is one of the option parameters, which InitOptionParams
+  // initialises (the projections are the caller's).
+  static bool IsOptionParam(absl::string_view name);
+  // head_scale_params = 1, to_v_gate weight 0 and bias
+  // gate_values_initial_bias, the qk_norm parameters per QkNorm::InitParams.
+  // `params`: writable views of the present option parameters.
+  absl::Status InitOptionParams(const AttentionLayerGrads& params) const;
 
   // x: [N, L, C]; context: [N, S, C_keys], or an empty view for self-attention;
   // out: [N, L, C]. cache may be null at inference.
@@ -136,6 +180,12 @@ class AttentionLayer {
         inner_(std::move(inner)),
         qk_transform_(std::move(qk_transform)) {}
 
+  QkNormParams QkNormViews(const AttentionLayerParams& params) const {
+    return {params.qk_norm_scale, params.qk_norm_q_scale,
+            params.qk_norm_k_scale};
+  }
+  absl::Status CheckOptionParams(const AttentionLayerParams& params) const;
+
   AttentionInputs InnerInputs(const AttentionLayerCache& cache,
                               const AttentionLayerMasks& masks, int64_t batch,
                               int64_t queries, int64_t keys) const;
@@ -143,6 +193,9 @@ class AttentionLayer {
   AttentionLayerConfig config_;
   std::unique_ptr<Attention> inner_;
   std::unique_ptr<QKTransform> qk_transform_;
+  std::optional<QkNorm> qk_norm_;
+  std::optional<ValueGating> value_gate_;
+  std::optional<AttentionOnAttention> on_attn_;
   AttentionLayerCache scratch_;
   std::vector<Tensor> grad_scratch_;
   Tensor padded_mask_;

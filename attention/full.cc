@@ -1,5 +1,6 @@
 #include "attention/full.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -68,6 +69,19 @@ void AccumulateHeadBiasGrad(const Context& ctx, const float* d_scores,
   });
 }
 
+// InvalidArgument unless `view` is empty or a contiguous `shape`.
+absl::Status CheckResidualScores(const char* name,
+                                 const TensorView<const float>& view,
+                                 const Shape& shape) {
+  if (view.data() == nullptr) return absl::OkStatus();
+  if (view.shape() != shape || !view.IsContiguous()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "FullAttention: residual scores ", name, " must be a contiguous ",
+        shape.ToString(), " [H, N, L, S], got ", view.shape().ToString()));
+  }
+  return absl::OkStatus();
+}
+
 // out[i] = in[i] * keep / (1 - p), keep ~ Bernoulli(1 - p) drawn from element
 // offset + i of the Philox stream (the same draw in forward and backward).
 void ApplyDropout(const Context& ctx, float p, uint64_t seed, uint64_t offset,
@@ -92,10 +106,16 @@ absl::Status FullAttention::Forward(const Context& ctx,
     return absl::UnimplementedError(
         "FullAttention: only the CPU path exists so far");
   }
+  const TensorView<const float> previous = residual_previous_;
+  const TensorView<float> current = residual_current_;
+  residual_previous_ = {};
+  residual_current_ = {};
   AttentionCache& saved = cache != nullptr ? *cache : scratch_;
   const bool dropout = DropoutActive(inputs);
   saved.saved.resize(dropout ? 2 : 1);
   const Shape scores_shape{dims.heads, dims.batch, dims.queries, dims.keys};
+  FTX_RETURN_IF_ERROR(CheckResidualScores("previous", previous, scores_shape));
+  FTX_RETURN_IF_ERROR(CheckResidualScores("current", current, scores_shape));
   for (Tensor& tensor : saved.saved) {
     FTX_RETURN_IF_ERROR(EnsureTensor(tensor, scores_shape, ctx.device()));
   }
@@ -108,6 +128,17 @@ absl::Status FullAttention::Forward(const Context& ctx,
                                inputs.keys.Select(2, h),
                                probabilities.Select(0, h),
                                {.transpose_b = true, .alpha = temperature}));
+  }
+  if (previous.data() != nullptr) {
+    float* scores = probabilities.data();
+    for (int64_t i = 0; i < probabilities.NumElements(); ++i) {
+      scores[i] += previous.data()[i];
+    }
+  }
+  if (current.data() != nullptr) {
+    std::copy(probabilities.data(),
+              probabilities.data() + probabilities.NumElements(),
+              current.data());
   }
   if (IsGiven(inputs.head_bias)) {
     AddHeadBias(ctx, inputs.head_bias, dims, probabilities.data());
@@ -162,8 +193,16 @@ absl::Status FullAttention::Backward(const Context& ctx,
       const AttentionDims dims,
       ValidateAttentionBackward("FullAttentionBackward", ctx, inputs, d_out,
                                 grads, {.head_bias = true}));
+  const TensorView<const float> d_current = residual_d_current_;
+  const TensorView<float> d_previous = residual_d_previous_;
+  residual_d_current_ = {};
+  residual_d_previous_ = {};
   const bool dropout = DropoutActive(inputs);
   const Shape scores_shape{dims.heads, dims.batch, dims.queries, dims.keys};
+  FTX_RETURN_IF_ERROR(
+      CheckResidualScores("d_current", d_current, scores_shape));
+  FTX_RETURN_IF_ERROR(
+      CheckResidualScores("d_previous", d_previous, scores_shape));
   if (cache.saved.size() != (dropout ? 2u : 1u) ||
       cache.saved[kProbabilities].shape() != scores_shape) {
     return absl::FailedPreconditionError(
@@ -206,6 +245,17 @@ absl::Status FullAttention::Backward(const Context& ctx,
         SoftmaxBackward(ctx, p_rows, d_score_rows, d_score_rows));
     if (IsGiven(grads.d_head_bias)) {
       AccumulateHeadBiasGrad(ctx, d_scores.data(), dims, h, grads.d_head_bias);
+    }
+    // Residual attention: the scores also fed later layers; the previous
+    // layers' scores receive the total.
+    const int64_t head_size = d_scores.NumElements();
+    if (d_current.data() != nullptr) {
+      const float* extra = d_current.data() + h * head_size;
+      for (int64_t i = 0; i < head_size; ++i) d_scores.data()[i] += extra[i];
+    }
+    if (d_previous.data() != nullptr) {
+      std::copy(d_scores.data(), d_scores.data() + head_size,
+                d_previous.data() + h * head_size);
     }
     // d_Q_h = t d_scores K_h;  d_K_h = t d_scores^T Q_h.
     FTX_RETURN_IF_ERROR(MatMul(ctx, d_scores, inputs.keys.Select(2, h),

@@ -13,6 +13,16 @@
 // AttentionInputs::training is set; its mask comes from the Philox stream of
 // AttentionInputs::seed, so the backward regenerates it exactly.
 //
+// RealFormer residual attention (He et al. 2020; x-transformers 0.26.6
+// residual_attn) through SetResidualScores / SetResidualScoreGrads, which
+// arm the next Forward / Backward only:
+//   logits = t * Q K^T + previous + head_bias + masks,
+//   current = t * Q K^T + previous  (0.26.6's pre_softmax_attn, what the next
+//                                    layer receives as `previous`)
+// with previous, current [H, N, L, S] (this mechanism's score layout). The
+// backward adds d_current (the gradient of `current` from later layers) to
+// the logit gradient and writes the sum to d_previous.
+//
 // Cost: O(N H L S E) time, O(N H L S) memory for the saved probabilities.
 #ifndef FTX_ATTENTION_FULL_H_
 #define FTX_ATTENTION_FULL_H_
@@ -34,6 +44,23 @@ class FullAttention : public Attention {
       : options_(options) {}
 
   const char* name() const override { return "full"; }
+
+  // Residual attention for the next Forward (see the top of this file);
+  // either view may be empty. InvalidArgument from that Forward when a view
+  // is not [H, N, L, S].
+  void SetResidualScores(TensorView<const float> previous,
+                         TensorView<float> current) {
+    residual_previous_ = previous;
+    residual_current_ = current;
+  }
+  // Residual attention gradients for the next Backward; d_current is added
+  // to the score gradient, d_previous receives the total (=). Either may be
+  // empty.
+  void SetResidualScoreGrads(TensorView<const float> d_current,
+                             TensorView<float> d_previous) {
+    residual_d_current_ = d_current;
+    residual_d_previous_ = d_previous;
+  }
   const FullAttentionOptions& options() const { return options_; }
   bool SupportsHeadBias() const override { return true; }
 
@@ -53,6 +80,11 @@ class FullAttention : public Attention {
   }
 
   FullAttentionOptions options_;
+  // Armed residual-attention views (empty when off).
+  TensorView<const float> residual_previous_;
+  TensorView<float> residual_current_;
+  TensorView<const float> residual_d_current_;
+  TensorView<float> residual_d_previous_;
   // Inference-time buffers (no cache given) and the causal mask, reused across
   // calls.
   AttentionCache scratch_;

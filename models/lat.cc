@@ -21,6 +21,7 @@
 #include "layers/absolute_positions.h"
 #include "layers/axial_positions.h"
 #include "layers/feed_forward.h"
+#include "layers/product_key_memory.h"
 #include "layers/recompute.h"
 #include "layers/reversible.h"
 #include "layers/shift_tokens.h"
@@ -171,10 +172,33 @@ absl::Status ValidateLatConfig(const LatConfig& c) {
                             ") with linformer_k (linformer asserts it)"),
                absl::StrCat(c.dim));
   }
+  for (int64_t layer : c.pkm_layers) {
+    if (layer < 1 || layer > c.depth) {
+      return Bad("pkm_layers",
+                 absl::StrCat("layer numbers in [1, depth = ", c.depth,
+                              "] (LAT counts layers from 1)"),
+                 absl::StrCat(layer));
+    }
+  }
   if (!c.pkm_layers.empty()) {
-    return absl::UnimplementedError(
-        "LatConfig.pkm_layers: product-key-memory (PKM) layers are not ported "
-        "to ftx; use an empty pkm_layers");
+    if (c.pkm_heads < 1 || c.dim % c.pkm_heads != 0) {
+      return Bad("pkm_heads",
+                 absl::StrCat(">= 1 and divide dim (", c.dim,
+                              ") with pkm_layers (PKM asserts it)"),
+                 absl::StrCat(c.pkm_heads));
+    }
+    if (c.pkm_dim_head < 2 || c.pkm_dim_head % 2 != 0) {
+      return Bad("pkm_dim_head", "even and >= 2 (two sub-keys of half of it)",
+                 absl::StrCat(c.pkm_dim_head));
+    }
+    if (c.pkm_num_keys < 1) {
+      return Bad("pkm_num_keys", ">= 1", absl::StrCat(c.pkm_num_keys));
+    }
+    if (c.pkm_topk < 1 || c.pkm_topk > c.pkm_num_keys) {
+      return Bad("pkm_topk",
+                 absl::StrCat("in [1, pkm_num_keys = ", c.pkm_num_keys, "]"),
+                 absl::StrCat(c.pkm_topk));
+    }
   }
   if (c.attend_axially) {
     return absl::UnimplementedError(
@@ -198,7 +222,8 @@ class LatBranch final : public Block {
     kLinformer,
     kContextAttention,
     kFeedForward,
-    kContextFeedForward
+    kContextFeedForward,
+    kProductKeyMemory
   };
 
   LatBranch(const LatConfig& config, Kind kind, int64_t layer, int64_t index,
@@ -272,6 +297,19 @@ class LatBranch final : public Block {
         ff_.emplace(std::move(block));
         break;
       }
+      case Kind::kProductKeyMemory: {
+        FTX_ASSIGN_OR_RETURN(
+            ProductKeyMemory pkm,
+            ProductKeyMemory::Create(
+                {.dim = config_.dim,
+                 .heads = config_.pkm_heads,
+                 .num_keys = config_.pkm_num_keys,
+                 .topk = config_.pkm_topk,
+                 .key_dim = config_.pkm_dim_head / 2,
+                 .query_norm = PkmQueryNorm::kBatchNormRunning}));
+        pkm_.emplace(std::move(pkm));
+        break;
+      }
     }
     return absl::OkStatus();
   }
@@ -310,6 +348,11 @@ class LatBranch final : public Block {
         add("w2.bias", {c});
         break;
       }
+      case Kind::kProductKeyMemory:
+        for (const ParamShape& shape : pkm_->ParamShapes()) {
+          add(shape.name, shape.shape);
+        }
+        break;
     }
     return shapes;
   }
@@ -327,6 +370,10 @@ class LatBranch final : public Block {
       FTX_ASSIGN_OR_RETURN(FeedForwardTensors<float> views,
                            FeedForwardViews(false));
       return ff_->InitParams(ctx, SubSeed(seed, tensor_index++), views);
+    }
+    if (pkm_.has_value()) {
+      FTX_ASSIGN_OR_RETURN(ProductKeyMemoryGrads views, PkmViews(false));
+      return pkm_->InitParams(ctx, SubSeed(seed, tensor_index++), views);
     }
     if (kind_ == Kind::kLinformer) {
       for (const char* name : {"proj_k", "proj_v"}) {
@@ -393,6 +440,12 @@ class LatBranch final : public Block {
                                          save ? &ff_cache_ : nullptr));
         break;
       }
+      case Kind::kProductKeyMemory: {
+        FTX_ASSIGN_OR_RETURN(ProductKeyMemoryGrads views, PkmViews(false));
+        FTX_RETURN_IF_ERROR(pkm_->Forward(ctx, ConstViews(views), h, y,
+                                          save ? &pkm_cache_ : nullptr));
+        break;
+      }
     }
     return absl::OkStatus();
   }
@@ -419,6 +472,13 @@ class LatBranch final : public Block {
                              FeedForwardViews(true));
         FTX_RETURN_IF_ERROR(ff_->Backward(ctx, ConstViews(views), ff_cache_, h,
                                           d_y, d_h, grads));
+        break;
+      }
+      case Kind::kProductKeyMemory: {
+        FTX_ASSIGN_OR_RETURN(ProductKeyMemoryGrads views, PkmViews(false));
+        FTX_ASSIGN_OR_RETURN(ProductKeyMemoryGrads grads, PkmViews(true));
+        FTX_RETURN_IF_ERROR(pkm_->Backward(ctx, ConstViews(views), pkm_cache_,
+                                           h, d_y, d_h, grads));
         break;
       }
     }
@@ -466,6 +526,31 @@ class LatBranch final : public Block {
   }
   std::string Resolve(const std::string& suffix) const {
     return suffix.rfind("norm.", 0) == 0 ? suffix : FnSuffix(suffix);
+  }
+
+  // The PKM's parameters (or their gradients) in ProductKeyMemory's
+  // ParamShapes order. Its names ("norm.fn.weight", ...) are resolved under
+  // the branch's fn, never as the PreNorm's norm. The running statistics are
+  // buffers: their gradient views are the values (Backward does not write
+  // them).
+  absl::StatusOr<ProductKeyMemoryGrads> PkmViews(bool gradients) const {
+    auto view = [&](const char* name, bool buffer) {
+      const std::string full = prefix_ + FnSuffix(name);
+      return gradients && !buffer ? store_->Grad(full) : store_->Value(full);
+    };
+    ProductKeyMemoryGrads t;
+    FTX_ASSIGN_OR_RETURN(t.to_queries, view("to_queries.weight", false));
+    FTX_ASSIGN_OR_RETURN(t.norm_weight, view("norm.fn.weight", false));
+    FTX_ASSIGN_OR_RETURN(t.norm_bias, view("norm.fn.bias", false));
+    FTX_ASSIGN_OR_RETURN(t.keys, view("keys", false));
+    FTX_ASSIGN_OR_RETURN(t.values, view("values.weight", false));
+    FTX_ASSIGN_OR_RETURN(t.running_mean, view("norm.fn.running_mean", true));
+    FTX_ASSIGN_OR_RETURN(t.running_var, view("norm.fn.running_var", true));
+    return t;
+  }
+  static ProductKeyMemoryParams ConstViews(const ProductKeyMemoryGrads& v) {
+    return {v.to_queries, v.norm_weight,  v.norm_bias,  v.keys,
+            v.values,     v.running_mean, v.running_var};
   }
 
   FeedForwardMode Mode() const {
@@ -716,6 +801,7 @@ class LatBranch final : public Block {
   std::optional<ShiftTokens> shift_;
   std::unique_ptr<AttentionLayer> attention_;
   std::optional<FeedForward> ff_;
+  std::optional<ProductKeyMemory> pkm_;
   std::optional<FullAttention> full_;
   // Bound per call.
   ParamStore* store_ = nullptr;
@@ -726,6 +812,7 @@ class LatBranch final : public Block {
   LayerNormCache norm_cache_;
   AttentionLayerCache attention_cache_;
   FeedForwardCache ff_cache_;
+  ProductKeyMemoryCache pkm_cache_;
   AttentionCache full_cache_;
   // Linformer: q, keys, values, projected keys and values, attended.
   Tensor linformer_[6];
@@ -770,7 +857,7 @@ absl::Status LinearAttentionTransformer::Build() {
     FTX_RETURN_IF_ERROR(add_pair(
         layer,
         config_.linformer_k > 0 ? Kind::kLinformer : Kind::kSelfAttention,
-        Kind::kFeedForward));
+        config_.UsesPkm(layer) ? Kind::kProductKeyMemory : Kind::kFeedForward));
     if (config_.receives_context) {
       FTX_RETURN_IF_ERROR(
           add_pair(layer, Kind::kContextAttention, Kind::kContextFeedForward));
@@ -827,6 +914,13 @@ absl::Status LinearAttentionTransformer::Forward(
   if (ctx.device().type == DeviceType::kCuda) {
     return absl::UnimplementedError(
         "LinearAttentionTransformer: CUDA is not supported");
+  }
+  if (inputs.training && !config_.pkm_layers.empty()) {
+    return absl::UnimplementedError(
+        "LinearAttentionTransformer: training mode with pkm_layers is not "
+        "supported (PKM's BatchNorm1d batch statistics and running update are "
+        "not ported); run with training = false, which uses the running "
+        "statistics as LAT's eval mode does");
   }
   if (x.rank() != 3 || x.dim(2) != config_.dim || !x.IsContiguous() ||
       x.data() == nullptr) {
@@ -1758,7 +1852,11 @@ absl::StatusOr<LatConfig> LatConfigFromJson(absl::string_view json) {
       {"blindspot_size", &c.blindspot_size},
       {"local_attn_window_size", &c.local_attn_window_size},
       {"linformer_k", &c.linformer_k},
-      {"context_linformer_k", &c.context_linformer_k}};
+      {"context_linformer_k", &c.context_linformer_k},
+      {"pkm_heads", &c.pkm_heads},
+      {"pkm_num_keys", &c.pkm_num_keys},
+      {"pkm_topk", &c.pkm_topk},
+      {"pkm_dim_head", &c.pkm_dim_head}};
   const std::map<std::string, bool*> bools = {
       {"causal", &c.causal},
       {"reversible", &c.reversible},

@@ -55,10 +55,21 @@
 //     [B, S, dim], context lengths as its key mask.
 //   context FF: FeedForward(dim, glu = ff_glu (act(first half) * second),
 //     dropout = ff_dropout), chunked.
+//   PKM: the main pair's FF of every layer numbered in pkm_layers (LAT counts
+//     layers from 1) is product-key-memory 0.1.10's PKM(dim)
+//     (layers/product_key_memory.h, PkmQueryNorm::kBatchNormRunning: the
+//     query BatchNorm1d with its running statistics, i.e. eval mode), not
+//     chunked, and without the input mask (LAT routes input_mask to the
+//     attention branches only). LAT builds PKM(dim) with the package defaults
+//     (heads 4, num_keys 128, topk 32, dim_head 256) and does not pass its
+//     own pkm_num_keys argument on; ftx's pkm_heads, pkm_num_keys, pkm_topk
+//     and pkm_dim_head default to those values and match LAT at their
+//     defaults (a LAT config setting pkm_num_keys still has 128 keys). A
+//     training-mode Forward of a model with PKM layers is Unimplemented:
+//     BatchNorm1d's batch statistics and running update are not ported.
 //
-// Not supported (Unimplemented, naming the option): pkm_layers
-// (product-key-memory PKM is not ported), attend_axially, and
-// context_linformer_settings.
+// Not supported (Unimplemented, naming the option): attend_axially,
+// context_linformer_settings, and training-mode PKM (above).
 //
 // Local heads follow local-attention 1.4.4 (attention/local.h; the parity
 // fixtures pin it), which masks padded queries as well as padded keys.
@@ -76,6 +87,9 @@
 //   transformer[.fn].layers.layers.{j}.0.fn[.fn].to_q.weight ... to_out.bias
 //   transformer[.fn].layers.layers.{j}.0.fn.proj_k, proj_v [max_seq_len, k]
 //   transformer[.fn].layers.layers.{j}.1.fn[.fn].fn.w1.{weight,bias}, w2.*
+//   transformer[.fn].layers.layers.{j}.1.fn[.fn].to_queries.weight,
+//     norm.fn.{weight,bias,running_mean,running_var}, keys, values.weight
+//                                                        PKM layers
 //   (reversible: layers.blocks.{j}.f.net.* and layers.blocks.{j}.g.net.*)
 //   norm.{weight,bias}, out.{weight,bias}
 // where j counts pairs (two per depth with receives_context) and the extra
@@ -97,6 +111,7 @@
 #ifndef FTX_MODELS_LAT_H_
 #define FTX_MODELS_LAT_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -138,7 +153,12 @@ struct LatConfig {
   int64_t local_attn_window_size = 128;
   bool return_embeddings = false;
   bool receives_context = false;
-  std::vector<int64_t> pkm_layers;  // must be empty (Unimplemented)
+  // Layers (numbered from 1) whose FF is a PKM, and PKM(dim)'s sizes.
+  std::vector<int64_t> pkm_layers;
+  int64_t pkm_heads = 4;
+  int64_t pkm_num_keys = 128;
+  int64_t pkm_topk = 32;
+  int64_t pkm_dim_head = 256;       // sub-keys of dim_head / 2
   bool attend_axially = false;      // must be false (Unimplemented)
   int64_t linformer_k = 0;          // LinformerSettings(k); 0 = none
   int64_t context_linformer_k = 0;  // must be 0 (Unimplemented)
@@ -149,6 +169,11 @@ struct LatConfig {
   uint64_t seed = 0;    // initialisation
 
   int64_t EmbDim() const { return emb_dim > 0 ? emb_dim : dim; }
+  // Whether layer `layer` (from 0) has a PKM instead of its FF.
+  bool UsesPkm(int64_t layer) const {
+    return std::find(pkm_layers.begin(), pkm_layers.end(), layer + 1) !=
+           pkm_layers.end();
+  }
   int64_t LocalHeads(int64_t layer) const {
     return n_local_attn_heads.size() == 1 ? n_local_attn_heads[0]
                                           : n_local_attn_heads[layer];
@@ -157,13 +182,15 @@ struct LatConfig {
 
 // InvalidArgument naming the first bad field (as LAT's asserts: heads and
 // local heads, max_seq_len divisible by the window when there are local
-// heads, no Linformer in causal models, ...); Unimplemented for pkm_layers,
-// attend_axially and context_linformer_k.
+// heads, no Linformer in causal models, pkm_layers in [1, depth], dim
+// divisible by pkm_heads, ...); Unimplemented for attend_axially and
+// context_linformer_k.
 absl::Status ValidateLatConfig(const LatConfig& config);
 
 // Reads a config from a JSON object whose keys are the LatConfig field names
 // (models/configs/linear_attention_lm.json); n_local_attn_heads and
-// pkm_layers take an integer or an array of integers. InvalidArgument for
+// pkm_layers take an integer or an array of integers; pkm_heads,
+// pkm_num_keys, pkm_topk and pkm_dim_head are integers. InvalidArgument for
 // malformed JSON, unknown keys or wrongly typed values, naming the key; the
 // result is not validated.
 absl::StatusOr<LatConfig> LatConfigFromJson(absl::string_view json);

@@ -3,6 +3,9 @@
 #include <memory>
 #include <utility>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "kernels/base/status_macros.h"
 
 namespace ftx {
@@ -32,6 +35,15 @@ absl::StatusOr<StateDictMap> LatStateDictMap(const LatConfig& config) {
   }
   if (config.use_rotary_emb) {
     map.ignored = {"pos_emb.emb", "layer_pos_emb.emb"};
+  }
+  // BatchNorm1d's step counter of every PKM query norm.
+  constexpr absl::string_view kRunningMean = "norm.fn.running_mean";
+  for (const ParamShape& shape : shapes) {
+    if (absl::EndsWith(shape.name, kRunningMean)) {
+      map.ignored.push_back(absl::StrCat(
+          shape.name.substr(0, shape.name.size() - kRunningMean.size()),
+          "norm.fn.num_batches_tracked"));
+    }
   }
   return map;
 }

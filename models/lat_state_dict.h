@@ -4,7 +4,9 @@
 // own state_dict keys, so every rule is the identity; the rotary model's
 // fixed sinusoid tables (buffers pos_emb.emb [max_seq_len, emb_dim] and
 // layer_pos_emb.emb [max_seq_len, dim_head], which ftx recomputes) are
-// ignored on import and not written on export.
+// ignored on import and not written on export, as are the PKM query norms'
+// BatchNorm1d step counters (norm.fn.num_batches_tracked, int64, unused in
+// eval mode).
 //
 // Example:
 //   FTX_ASSIGN_OR_RETURN(StateDictMap map, LatStateDictMap(config));

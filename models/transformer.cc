@@ -12,6 +12,7 @@
 #include "attention/builder.h"
 #include "attention/favor.h"
 #include "attention/full.h"
+#include "attention/qk_norm.h"
 #include "attention/rotary.h"
 #include "kernels/base/rng.h"
 #include "kernels/base/status_macros.h"
@@ -21,6 +22,7 @@
 #include "layers/rmsnorm.h"
 #include "layers/scalenorm.h"
 #include "layers/shift_tokens.h"
+#include "layers/xl_memory.h"
 #include "nlohmann/json.hpp"
 
 namespace ftx {
@@ -62,6 +64,11 @@ absl::StatusOr<TensorView<float>> OptionalGrad(ParamStore& store,
                                                const std::string& name) {
   if (!store.Contains(name)) return TensorView<float>();
   return store.Grad(name);
+}
+
+ResidualParams ToConst(const ResidualTensors<float>& t) {
+  return {t.residual_scale, t.gru_weight_ih, t.gru_weight_hh, t.gru_bias_ih,
+          t.gru_bias_hh};
 }
 
 // a[i] += b[i] over [B, T, C] (or any contiguous) tensors.
@@ -146,6 +153,61 @@ absl::Status ValidateTransformerConfig(const TransformerConfig& c,
   if (c.shift_tokens < 0) {
     return Bad("shift_tokens", ">= 0", absl::StrCat(c.shift_tokens));
   }
+  if (c.attn_talking_heads &&
+      (c.attention != "full" ||
+       (c.cross_attend && c.cross_attention != "full"))) {
+    return Bad("attn_talking_heads",
+               "false unless attention (and cross_attention) is \"full\"",
+               "true");
+  }
+  if (c.use_qk_norm_attn && (c.attention != "full" ||
+                             (c.cross_attend && c.cross_attention != "full"))) {
+    return Bad("use_qk_norm_attn",
+               "false unless attention (and cross_attention) is \"full\"",
+               "true");
+  }
+  if (c.residual_attn && (c.attention != "full" || c.attn_talking_heads)) {
+    return Bad("residual_attn",
+               "false unless attention is \"full\" without "
+               "attn_talking_heads",
+               "true");
+  }
+  if (c.resi_dual && (c.pre_norm || c.final_norm)) {
+    return Bad("resi_dual", "false unless pre_norm and final_norm are false",
+               "true");
+  }
+  if (c.resi_dual && !(c.resi_dual_scale > 0.0 && c.resi_dual_scale <= 1.0)) {
+    return Bad("resi_dual_scale", "in (0, 1]", absl::StrCat(c.resi_dual_scale));
+  }
+  if (c.attn_qk_norm) {
+    if (c.use_qk_norm_attn) {
+      return Bad("attn_qk_norm", "false with use_qk_norm_attn", "true");
+    }
+    if (c.attention != "full" ||
+        (c.cross_attend && c.cross_attention != "full")) {
+      return Bad("attn_qk_norm",
+                 "false unless attention (and cross_attention) is \"full\"",
+                 "true");
+    }
+    if (c.attn_qk_norm_groups < 1 || c.dim_head % c.attn_qk_norm_groups != 0) {
+      return Bad("attn_qk_norm_groups",
+                 absl::StrCat("a divisor of dim_head (", c.dim_head, ")"),
+                 absl::StrCat(c.attn_qk_norm_groups));
+    }
+    if (!(c.attn_qk_norm_scale > 0.0) || !std::isfinite(c.attn_qk_norm_scale)) {
+      return Bad("attn_qk_norm_scale", "finite and > 0",
+                 absl::StrCat(c.attn_qk_norm_scale));
+    }
+  }
+  if (c.qk_norm_attn_seq_len != 0 && c.qk_norm_attn_seq_len < 2) {
+    return Bad("qk_norm_attn_seq_len", "0 or >= 2",
+               absl::StrCat(c.qk_norm_attn_seq_len));
+  }
+  if (!std::isfinite(c.scale_residual_constant) ||
+      c.scale_residual_constant == 0.0) {
+    return Bad("scale_residual_constant", "finite and non-zero",
+               absl::StrCat(c.scale_residual_constant));
+  }
   if (c.sandwich_norm && !c.pre_norm) {
     return Bad("sandwich_norm", "false when pre_norm is false", "true");
   }
@@ -184,6 +246,12 @@ absl::Status ValidateTransformerConfig(const TransformerConfig& c,
   if (c.emb_dim < 0) return Bad("emb_dim", ">= 0", absl::StrCat(c.emb_dim));
   if (c.num_memory_tokens < 0) {
     return Bad("num_memory_tokens", ">= 0", absl::StrCat(c.num_memory_tokens));
+  }
+  if (c.max_mem_len < 0) {
+    return Bad("max_mem_len", ">= 0", absl::StrCat(c.max_mem_len));
+  }
+  if (c.shift_mem_down < 0) {
+    return Bad("shift_mem_down", ">= 0", absl::StrCat(c.shift_mem_down));
   }
   if (c.tie_embedding && c.emb_dim != 0 && c.emb_dim != c.dim) {
     return Bad("emb_dim",
@@ -367,13 +435,30 @@ struct AttentionLayers::Sublayer {
   std::optional<RotaryEmbedding> step_rotary;
   std::optional<FeedForward> feed_forward;
   std::optional<ReZero> rezero;
+  // gate_residual / scale_residual: the residual function (plain sum
+  // otherwise).
+  std::optional<Residual> residual;
+  // attn_talking_heads: the mechanism's parameters, mirrored in the store.
+  bool mirrors_inner_params = false;
 
   AttentionLayerCache attention_cache;
   FeedForwardCache ff_cache;
-  Tensor normed;   // pre-norm: norm(x_i)
-  Tensor shifted;  // shift_tokens: the block input
-  Tensor branch;   // block output (times branch_scale)
-  Tensor sum;      // post-norm: branch + residual, the norm input
+  Tensor normed;       // pre-norm: norm(x_i)
+  Tensor shifted;      // shift_tokens: the block input
+  Tensor branch;       // block output (times branch_scale)
+  Tensor sum;          // post-norm: branch + residual, the norm input
+  Tensor residual_in;  // residual: the branch output it combines
+  // residual_attn ('a' sublayers): the pre-softmax scores handed on
+  // [H, B, T, M + T], whether the sublayer received its predecessor's, and
+  // the gradient of those it received.
+  Tensor residual_scores;
+  bool has_previous_scores = false;
+  Tensor d_previous_scores;
+  // Transformer-XL ('a' sublayers with a memory): the memory length, the
+  // key/value input cat(memory, hidden) [B, M + T, C] and its gradient.
+  int64_t memory_length = 0;
+  Tensor kv_input, d_kv_input;
+  ResidualCache residual_cache;
 
   std::string Base(const std::string& base) const { return base + prefix; }
 
@@ -405,6 +490,18 @@ struct AttentionLayers::Sublayer {
     FTX_ASSIGN_OR_RETURN(views.memory_keys, find_optional(p + "memory_keys"));
     FTX_ASSIGN_OR_RETURN(views.memory_values,
                          find_optional(p + "memory_values"));
+    FTX_ASSIGN_OR_RETURN(views.head_scale,
+                         find_optional(p + "head_scale_params"));
+    FTX_ASSIGN_OR_RETURN(views.value_gate_weight,
+                         find_optional(p + "to_v_gate.weight"));
+    FTX_ASSIGN_OR_RETURN(views.value_gate_bias,
+                         find_optional(p + "to_v_gate.bias"));
+    FTX_ASSIGN_OR_RETURN(views.qk_norm_scale,
+                         find_optional(p + "qk_norm_scale"));
+    FTX_ASSIGN_OR_RETURN(views.qk_norm_q_scale,
+                         find_optional(p + "qk_norm_q_scale"));
+    FTX_ASSIGN_OR_RETURN(views.qk_norm_k_scale,
+                         find_optional(p + "qk_norm_k_scale"));
     return views;
   }
 
@@ -420,6 +517,73 @@ struct AttentionLayers::Sublayer {
     return CollectAttentionViews<AttentionLayerGrads>(
         base, [&](const std::string& name) { return store.Grad(name); },
         [&](const std::string& name) { return OptionalGrad(store, name); });
+  }
+
+  // Writable views of the option parameters, for InitOptionParams.
+  absl::StatusOr<AttentionLayerGrads> AttentionInitViews(
+      ParamStore& store, const std::string& base) const {
+    return CollectAttentionViews<AttentionLayerGrads>(
+        base, [&](const std::string& name) { return store.Value(name); },
+        [&](const std::string& name) { return OptionalValue(store, name); });
+  }
+
+  // Parameter views (Value) or gradient views (Grad) of the residual.
+  ResidualTensors<float> ResidualViews(ParamStore& store,
+                                       const std::string& base,
+                                       bool gradients) const {
+    const std::string p = base + prefix + "residual.";
+    auto view = [&](const char* name) -> TensorView<float> {
+      absl::StatusOr<TensorView<float>> found =
+          gradients ? OptionalGrad(store, p + name)
+                    : OptionalValue(store, p + name);
+      return found.ok() ? *found : TensorView<float>();
+    };
+    return {view("residual_scale"), view("gru.weight_ih"),
+            view("gru.weight_hh"), view("gru.bias_ih"), view("gru.bias_hh")};
+  }
+
+  // The "full" mechanism of a residual_attn stack (validated at Create).
+  FullAttention& FullInner() {
+    return static_cast<FullAttention&>(attention->inner());
+  }
+
+  // attn_talking_heads: the store's mixing weights into the mechanism.
+  absl::Status LoadInnerParams(ParamStore& store, const std::string& base) {
+    if (!mirrors_inner_params) return absl::OkStatus();
+    for (const ParamRef& ref : attention->inner().Parameters()) {
+      FTX_ASSIGN_OR_RETURN(TensorView<float> value,
+                           store.Value(BlockPrefix(base) + ref.name));
+      std::copy(value.data(), value.data() + value.NumElements(),
+                ref.value->data<float>());
+    }
+    return absl::OkStatus();
+  }
+
+  // Zeroes the mechanism's gradients (before its Backward).
+  void ClearInnerGrads() {
+    if (!mirrors_inner_params) return;
+    for (const ParamRef& ref : attention->inner().Parameters()) {
+      if (ref.grad->NumElements() == 0) continue;
+      std::fill_n(ref.grad->data<float>(), ref.grad->NumElements(), 0.0f);
+    }
+  }
+
+  // Adds the mechanism's gradients into the store (after its Backward).
+  absl::Status StoreInnerGrads(ParamStore& store, const std::string& base) {
+    if (!mirrors_inner_params) return absl::OkStatus();
+    for (const ParamRef& ref : attention->inner().Parameters()) {
+      FTX_ASSIGN_OR_RETURN(TensorView<float> grad,
+                           store.Grad(BlockPrefix(base) + ref.name));
+      if (ref.grad->NumElements() != grad.NumElements()) {
+        return absl::InternalError(absl::StrCat(
+            "AttentionLayers: no gradient for ", BlockPrefix(base), ref.name));
+      }
+      const float* source = ref.grad->data<float>();
+      for (int64_t i = 0; i < grad.NumElements(); ++i) {
+        grad.data()[i] += source[i];
+      }
+    }
+    return absl::OkStatus();
   }
 
   // Parameter views (Value) or gradient views (Grad) of the feed-forward.
@@ -472,14 +636,35 @@ absl::Status ConfigureBuilder(const TransformerConfig& config,
   return absl::OkStatus();
 }
 
-// Builds the inner mechanism `type` (see ConfigureBuilder).
+// Builds the inner mechanism `type` (see ConfigureBuilder); with
+// attn_talking_heads "talking-heads" over config.heads instead (the
+// validated type is "full"). use_qk_norm_attn runs it at softmax_temp 1 (the
+// qk norm carries the scale).
 absl::StatusOr<std::unique_ptr<Attention>> BuildMechanism(
     const TransformerConfig& config, const AttentionRegistry& registry,
     const std::string& type, bool causal) {
   AttentionBuilder builder(registry);
-  FTX_RETURN_IF_ERROR(
-      ConfigureBuilder(config, registry, type, causal, builder));
-  return builder.Build(type);
+  if (config.attn_talking_heads) {
+    // The talking-heads options among the stack's (dropout, top-k, ...).
+    const AttentionSpec* spec = registry.Find("talking-heads");
+    if (spec == nullptr) {
+      return Bad("attn_talking_heads",
+                 "false unless \"talking-heads\" is registered", "true");
+    }
+    for (const auto& [name, value] : config.attention_options) {
+      for (const OptionSpec& option : spec->options) {
+        if (option.name == name) FTX_RETURN_IF_ERROR(builder.Set(name, value));
+      }
+    }
+    FTX_RETURN_IF_ERROR(builder.Set("n_heads", config.heads));
+  } else {
+    FTX_RETURN_IF_ERROR(
+        ConfigureBuilder(config, registry, type, causal, builder));
+  }
+  if (config.use_qk_norm_attn || config.attn_qk_norm) {
+    FTX_RETURN_IF_ERROR(builder.Set("softmax_temp", 1.0));
+  }
+  return builder.Build(config.attn_talking_heads ? "talking-heads" : type);
 }
 
 absl::Status NoStepForm(absl::string_view why) {
@@ -509,6 +694,20 @@ absl::Status StepShapeSupport(const TransformerConfig& config) {
   }
   if (config.num_memory_tokens > 0) {
     return NoStepForm("memory tokens (num_memory_tokens) are not supported");
+  }
+  const std::pair<bool, const char*> options[] = {
+      {config.attn_talking_heads, "attn_talking_heads"},
+      {config.attn_head_scale, "attn_head_scale"},
+      {config.attn_gate_values, "attn_gate_values"},
+      {config.attn_on_attn, "attn_on_attn"},
+      {config.use_qk_norm_attn, "use_qk_norm_attn"},
+      {config.residual_attn, "residual_attn"},
+      {config.resi_dual, "resi_dual"},
+      {config.attn_qk_norm, "attn_qk_norm"},
+      {config.gate_residual, "gate_residual"},
+      {config.scale_residual, "scale_residual"}};
+  for (const auto& [set, name] : options) {
+    if (set) return NoStepForm(absl::StrCat(name, " is not supported"));
   }
   if (config.attention == "favor") {
     const auto it = config.attention_options.find("key_stabilizer");
@@ -567,21 +766,41 @@ absl::StatusOr<std::unique_ptr<AttentionLayers>> AttentionLayers::Create(
                        .version = AlibiVersion::kXTransformers0_26_6}));
     layers->alibi_.emplace(std::move(alibi));
   }
+  if (config.resi_dual) {
+    FTX_ASSIGN_OR_RETURN(ResiDual resi_dual,
+                         ResiDual::Create({.dim = config.dim,
+                                           .scale = static_cast<float>(
+                                               config.resi_dual_scale)}));
+    layers->resi_dual_.emplace(std::move(resi_dual));
+  }
   for (size_t i = 0; i < types.size(); ++i) {
     auto sub = std::make_unique<Sublayer>();
     sub->type = types[i];
     sub->prefix = SublayerPrefix(static_cast<int64_t>(i));
     const bool last = i + 1 == types.size();
+    // 0.26.6 layer_uses_qk_norm: no pre-branch norm, always a post-branch one.
+    const bool qk_norm_layer = config.use_qk_norm_attn && sub->type != 'f';
     if (config.use_rezero) {
       sub->rezero.emplace(ReZeroConfig{.initial_gain = 0.0f});
     } else {
-      if (config.pre_norm || !last) {
+      if ((config.pre_norm && !qk_norm_layer) ||
+          (!config.pre_norm && (!last || config.resi_dual))) {
         FTX_RETURN_IF_ERROR(sub->norm.Configure(config.norm, config.dim));
       }
-      if (config.sandwich_norm) {
+      if (config.sandwich_norm || qk_norm_layer) {
         FTX_RETURN_IF_ERROR(
             sub->post_branch_norm.Configure(config.norm, config.dim));
       }
+    }
+    if (config.gate_residual || config.scale_residual) {
+      FTX_ASSIGN_OR_RETURN(
+          Residual residual,
+          Residual::Create({.dim = config.dim,
+                            .scale_residual = config.scale_residual,
+                            .scale_residual_constant = static_cast<float>(
+                                config.scale_residual_constant),
+                            .gate_residual = config.gate_residual}));
+      sub->residual.emplace(std::move(residual));
     }
     if (config.shift_tokens > 0) {
       FTX_ASSIGN_OR_RETURN(
@@ -613,11 +832,35 @@ absl::StatusOr<std::unique_ptr<AttentionLayers>> AttentionLayers::Create(
           cross && config.context_dim > 0 ? config.context_dim : config.dim;
       attn.bias = false;
       attn.num_memory_kv = config.attn_num_mem_kv;
+      attn.head_scale = config.attn_head_scale;
+      attn.gate_values = config.attn_gate_values;
+      attn.on_attn = config.attn_on_attn;
+      if (config.attn_qk_norm) {
+        attn.qk_norm = QkNormConfig{
+            .variant = QkNormVariant::kFixedScale,
+            .groups = config.attn_qk_norm_groups,
+            .fixed_scale = static_cast<float>(config.attn_qk_norm_scale),
+            .dim_scale = config.attn_qk_norm_dim_scale};
+      }
+      if (config.use_qk_norm_attn) {
+        attn.qk_norm = QkNormConfig{
+            .variant = QkNormVariant::kLearnedTemperature,
+            .scale_init_value =
+                config.qk_norm_attn_seq_len > 0
+                    ? QkNormTemperatureInit(config.qk_norm_attn_seq_len)
+                    : -3.0f};
+      }
+      sub->mirrors_inner_params = config.attn_talking_heads;
       FTX_ASSIGN_OR_RETURN(
           std::unique_ptr<Attention> inner,
           BuildMechanism(config, registry,
                          cross ? config.cross_attention : config.attention,
                          !cross && config.causal));
+      if (!cross && config.residual_attn &&
+          dynamic_cast<FullAttention*>(inner.get()) == nullptr) {
+        return Bad("residual_attn",
+                   "false unless \"full\" builds FullAttention", "true");
+      }
       if (!cross && position_bias && !inner->SupportsHeadBias()) {
         return Bad("attention",
                    "a mechanism that takes a score bias (e.g. \"full\") with "
@@ -663,14 +906,28 @@ std::vector<ParamShape> AttentionLayers::ParamShapes() const {
   };
   if (t5_bias_) append("rel_pos.", t5_bias_->ParamShapes());
   if (alibi_) append("rel_pos.", alibi_->ParamShapes());
+  if (resi_dual_) {
+    shapes.push_back({"final_norm.weight", {config_.dim}});
+    shapes.push_back({"final_norm.bias", {config_.dim}});
+  }
   for (const auto& sub : sublayers_) {
     append(sub->prefix + sub->norm.name, sub->norm.ParamShapes());
     append(sub->prefix + sub->post_branch_norm.name,
            sub->post_branch_norm.ParamShapes());
     if (sub->rezero)
       append(sub->prefix + "rezero.", sub->rezero->ParamShapes());
+    if (sub->residual) {
+      append(sub->prefix + "residual.", sub->residual->ParamShapes());
+    }
     if (sub->attention) {
       append(sub->prefix + BlockName(sub->type), sub->attention->ParamShapes());
+      if (sub->mirrors_inner_params) {
+        std::vector<ParamShape> inner;
+        for (const ParamRef& ref : sub->attention->inner().Parameters()) {
+          inner.push_back({ref.name, ref.value->shape()});
+        }
+        append(sub->prefix + BlockName(sub->type), inner);
+      }
     } else {
       append(sub->prefix + BlockName(sub->type),
              sub->feed_forward->ParamShapes());
@@ -699,6 +956,13 @@ absl::Status AttentionLayers::InitParams(const Context& ctx, ParamStore& store,
         OptionalValue(store, base + "rel_pos.learned_logslopes_future"));
     FTX_RETURN_IF_ERROR(alibi_->InitParams(log_slopes, log_slopes_future));
   }
+  if (resi_dual_) {
+    FTX_ASSIGN_OR_RETURN(TensorView<float> weight,
+                         store.Value(base + "final_norm.weight"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> bias,
+                         store.Value(base + "final_norm.bias"));
+    FTX_RETURN_IF_ERROR(resi_dual_->final_norm().InitParams(weight, bias));
+  }
   for (const auto& sub : sublayers_) {
     FTX_RETURN_IF_ERROR(sub->norm.InitParams(store, sub->Base(base)));
     FTX_RETURN_IF_ERROR(
@@ -707,6 +971,11 @@ absl::Status AttentionLayers::InitParams(const Context& ctx, ParamStore& store,
       FTX_ASSIGN_OR_RETURN(TensorView<float> g,
                            store.Value(sub->Base(base) + "rezero.g"));
       sub->rezero->InitParams(g);
+    }
+    if (sub->residual) {
+      FTX_RETURN_IF_ERROR(sub->residual->InitParams(
+          ctx, sub->ResidualViews(store, base, /*gradients=*/false),
+          SubSeed(config_.seed, (1u << 21) + tensor_index++)));
     }
     if (sub->feed_forward) {
       FTX_ASSIGN_OR_RETURN(FeedForwardTensors<float> views,
@@ -717,7 +986,20 @@ absl::Status AttentionLayers::InitParams(const Context& ctx, ParamStore& store,
     }
     // torch Linear weights U(-1/sqrt(fan_in), 1/sqrt(fan_in)); memory
     // key/values randn, as x-transformers.
+    FTX_ASSIGN_OR_RETURN(AttentionLayerGrads option_views,
+                         sub->AttentionInitViews(store, base));
+    FTX_RETURN_IF_ERROR(sub->attention->InitOptionParams(option_views));
+    // Talking-heads mixings: the mechanism's own initialisation.
+    if (sub->mirrors_inner_params) {
+      for (const ParamRef& ref : sub->attention->inner().Parameters()) {
+        FTX_ASSIGN_OR_RETURN(TensorView<float> value,
+                             store.Value(sub->BlockPrefix(base) + ref.name));
+        std::copy(ref.value->data<float>(),
+                  ref.value->data<float>() + value.NumElements(), value.data());
+      }
+    }
     for (const ParamShape& shape : sub->attention->ParamShapes()) {
+      if (AttentionLayer::IsOptionParam(shape.name)) continue;
       FTX_ASSIGN_OR_RETURN(TensorView<float> value,
                            store.Value(sub->BlockPrefix(base) + shape.name));
       const RandomOptions random{.seed = SubSeed(config_.seed, tensor_index++)};
@@ -784,6 +1066,45 @@ absl::Status AttentionLayers::PositionBiasBackward(const Context& ctx,
   return absl::OkStatus();
 }
 
+absl::Status AttentionLayers::CheckMems(TensorView<const float> x,
+                                        const StackInputs& inputs) const {
+  if (inputs.mems.empty()) return absl::OkStatus();
+  const int64_t self_attention =
+      std::count(layer_types_.begin(), layer_types_.end(), 'a');
+  auto bad = [](const std::string& why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AttentionLayers: mems ", why));
+  };
+  if (static_cast<int64_t>(inputs.mems.size()) != self_attention) {
+    return bad(
+        absl::StrCat("must hold one memory per self-attention "
+                     "sublayer (",
+                     self_attention, "), got ", inputs.mems.size()));
+  }
+  for (size_t k = 0; k < inputs.mems.size(); ++k) {
+    const TensorView<const float>& memory = inputs.mems[k];
+    if (memory.data() == nullptr) continue;
+    if (memory.rank() != 3 || memory.dim(0) != x.dim(0) ||
+        memory.dim(2) != config_.dim || !memory.IsContiguous()) {
+      return bad(absl::StrCat("[", k, "] must be a contiguous [", x.dim(0),
+                              ", M, ", config_.dim, "] tensor, got ",
+                              memory.shape().ToString()));
+    }
+  }
+  if (!inputs.lengths.lengths.empty()) {
+    return bad(
+        "cannot be combined with padding lengths (x-transformers "
+        "0.26.6 fails there too)");
+  }
+  if (config_.rotary_pos_emb || config_.rel_pos_bias ||
+      config_.alibi_pos_bias || config_.residual_attn) {
+    return bad(
+        "cannot be combined with rotary_pos_emb, rel_pos_bias, "
+        "alibi_pos_bias or residual_attn");
+  }
+  return absl::OkStatus();
+}
+
 namespace {
 
 // x *= scale over a contiguous tensor.
@@ -831,11 +1152,19 @@ absl::Status AttentionLayers::Forward(const Context& ctx, ParamStore& store,
         "AttentionLayers: a context was given but cross_attend is false");
   }
   const Shape shape = x.shape();
+  FTX_RETURN_IF_ERROR(CheckMems(x, inputs));
   FTX_RETURN_IF_ERROR(PositionBiasForward(ctx, store, base, x.dim(1)));
   const size_t count = sublayers_.size();
+  // residual_attn: the last self-attention sublayer's pre-softmax scores.
+  TensorView<const float> previous_scores;
+  size_t self_attention_index = 0;  // k of mems[k]
   activations_.resize(count + 1);
   FTX_ASSIGN_OR_RETURN(TensorView<float> first, Buffer(activations_[0], shape));
   Copy(ctx, x, first);
+  if (resi_dual_) {
+    FTX_ASSIGN_OR_RETURN(TensorView<float> outer, Buffer(outer_, shape));
+    FTX_RETURN_IF_ERROR(resi_dual_->Begin(ctx, x, outer));
+  }
   for (size_t i = 0; i < count; ++i) {
     Sublayer& sub = *sublayers_[i];
     const bool post_norm = !config_.pre_norm && sub.norm.present();
@@ -881,33 +1210,90 @@ absl::Status AttentionLayers::Forward(const Context& ctx, ParamStore& store,
       }
       FTX_ASSIGN_OR_RETURN(AttentionLayerParams params,
                            sub.AttentionParams(store, base));
+      FTX_RETURN_IF_ERROR(sub.LoadInnerParams(store, base));
+      if (config_.residual_attn && !cross) {
+        FTX_ASSIGN_OR_RETURN(
+            TensorView<float> current,
+            Buffer(sub.residual_scores, {config_.heads, x.dim(0), x.dim(1),
+                                         x.dim(1) + config_.attn_num_mem_kv}));
+        sub.has_previous_scores = previous_scores.data() != nullptr;
+        sub.FullInner().SetResidualScores(previous_scores, current);
+        previous_scores = current;
+      }
+      TensorView<const float> kv_source =
+          cross ? inputs.context : TensorView<const float>();
+      sub.memory_length = 0;
+      if (!cross && !inputs.mems.empty()) {
+        const TensorView<const float> memory =
+            inputs.mems[self_attention_index];
+        sub.memory_length = memory.data() == nullptr ? 0 : memory.dim(1);
+        if (sub.memory_length > 0) {
+          FTX_ASSIGN_OR_RETURN(
+              TensorView<float> kv_input,
+              Buffer(sub.kv_input,
+                     {x.dim(0), sub.memory_length + x.dim(1), config_.dim}));
+          FTX_RETURN_IF_ERROR(
+              XlMemory::ConcatKeyValueInput(ctx, memory, hidden, kv_input));
+          kv_source = kv_input;
+          if (config_.causal) {
+            masks.attn_mask = XlMemory::CausalMask(sub.memory_length);
+          }
+        }
+      }
+      if (!cross) ++self_attention_index;
       FTX_RETURN_IF_ERROR(sub.attention->Forward(
-          ctx, params, hidden,
-          cross ? inputs.context : TensorView<const float>(), masks, branch,
-          &sub.attention_cache));
+          ctx, params, hidden, kv_source, masks, branch, &sub.attention_cache));
     }
     if (sub.branch_scale != 1.0f) ScaleInPlace(ctx, branch, sub.branch_scale);
     TensorView<float> target = output;
     if (post_norm) {
       FTX_ASSIGN_OR_RETURN(target, Buffer(sub.sum, shape));
     }
+    // The branch output the residual function combines with the skip path.
+    TensorView<float> combined = target;
+    if (sub.residual) {
+      FTX_ASSIGN_OR_RETURN(combined, Buffer(sub.residual_in, shape));
+    }
     if (sub.post_branch_norm.present()) {
       FTX_RETURN_IF_ERROR(sub.post_branch_norm.Forward(
-          ctx, store, sub.Base(base), branch, target, true));
+          ctx, store, sub.Base(base), branch, combined, true));
     } else if (sub.rezero) {
       FTX_ASSIGN_OR_RETURN(TensorView<float> g,
                            store.Value(sub.Base(base) + "rezero.g"));
-      FTX_RETURN_IF_ERROR(sub.rezero->Forward(ctx, g, branch, target));
+      FTX_RETURN_IF_ERROR(sub.rezero->Forward(ctx, g, branch, combined));
     } else {
-      Copy(ctx, branch, target);
+      Copy(ctx, branch, combined);
     }
-    AddInto(ctx, target, input);
+    if (resi_dual_) {
+      // The outer stream takes the branch output before any post-branch
+      // norm (after ReZero's gain).
+      FTX_RETURN_IF_ERROR(resi_dual_->Accumulate(
+          ctx, sub.post_branch_norm.present() ? branch : combined,
+          outer_.view<float>()));
+    }
+    if (sub.residual) {
+      FTX_RETURN_IF_ERROR(sub.residual->Forward(
+          ctx, ToConst(sub.ResidualViews(store, base, /*gradients=*/false)),
+          combined, input, target, &sub.residual_cache));
+    } else {
+      AddInto(ctx, target, input);
+    }
     if (post_norm) {
       FTX_RETURN_IF_ERROR(
           sub.norm.Forward(ctx, store, sub.Base(base), target, output, true));
     }
   }
-  Copy(ctx, activations_[count].view<float>(), y);
+  if (resi_dual_) {
+    FTX_ASSIGN_OR_RETURN(TensorView<float> weight,
+                         store.Value(base + "final_norm.weight"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> bias,
+                         store.Value(base + "final_norm.bias"));
+    FTX_RETURN_IF_ERROR(
+        resi_dual_->Finish(ctx, weight, bias, activations_[count].view<float>(),
+                           outer_.view<float>(), y, &resi_dual_cache_));
+  } else {
+    Copy(ctx, activations_[count].view<float>(), y);
+  }
   last_inputs_ = inputs;
   saved_ = save_for_backward;
   return absl::OkStatus();
@@ -955,6 +1341,21 @@ absl::Status AttentionLayers::Backward(const Context& ctx, ParamStore& store,
   FTX_ASSIGN_OR_RETURN(TensorView<float> d_current, Buffer(d_current_, shape));
   FTX_ASSIGN_OR_RETURN(TensorView<float> d_hidden, Buffer(d_hidden_, shape));
   Copy(ctx, d_y, d_current);
+  if (resi_dual_) {
+    FTX_ASSIGN_OR_RETURN(TensorView<float> d_outer, Buffer(d_outer_, shape));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> weight,
+                         store.Value(base + "final_norm.weight"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> d_weight,
+                         store.Grad(base + "final_norm.weight"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> d_bias,
+                         store.Grad(base + "final_norm.bias"));
+    FTX_RETURN_IF_ERROR(resi_dual_->FinishBackward(
+        ctx, weight, resi_dual_cache_, outer_.view<float>(), d_y, d_outer,
+        d_weight, d_bias));
+  }
+  // residual_attn: the gradient of the scores the next self-attention
+  // sublayer received from this one.
+  TensorView<const float> d_later_scores;
   const size_t count = sublayers_.size();
   for (size_t i = count; i-- > 0;) {
     Sublayer& sub = *sublayers_[i];
@@ -967,23 +1368,53 @@ absl::Status AttentionLayers::Backward(const Context& ctx, ParamStore& store,
       FTX_RETURN_IF_ERROR(sub.norm.Backward(
           ctx, store, sub_base, sub.sum.view<float>(), d_current, d_sum));
     }
-    // d of the (scaled) block output; never aliases d_sum when it is scaled
-    // below, since d_sum is also the skip path's gradient.
-    TensorView<float> d_branch = d_sum;
+    // The residual function's gradients: d_skip for the skip path and
+    // d_combined for the branch output it combined (both d_sum for the plain
+    // sum).
+    TensorView<float> d_skip = d_sum;
+    TensorView<float> d_combined = d_sum;
+    if (sub.residual) {
+      FTX_ASSIGN_OR_RETURN(d_skip, Buffer(d_skip_, shape));
+      FTX_ASSIGN_OR_RETURN(d_combined, Buffer(d_combined_, shape));
+      FTX_RETURN_IF_ERROR(sub.residual->Backward(
+          ctx, ToConst(sub.ResidualViews(store, base, /*gradients=*/false)),
+          sub.residual_cache, sub.residual_in.view<float>(), input, d_sum,
+          d_combined, d_skip, sub.ResidualViews(store, base, true)));
+    }
+    // resi_dual: the outer stream's share of the combined branch output
+    // (without a post-branch norm), kept apart from the skip path.
+    if (resi_dual_ && !sub.post_branch_norm.present()) {
+      if (d_combined.data() == d_skip.data()) {
+        FTX_ASSIGN_OR_RETURN(TensorView<float> d_total,
+                             Buffer(d_resi_branch_, shape));
+        Copy(ctx, d_combined, d_total);
+        d_combined = d_total;
+      }
+      FTX_RETURN_IF_ERROR(resi_dual_->AddOuterGradient(
+          ctx, d_outer_.view<float>(), d_combined));
+    }
+    // d of the (scaled) block output; never aliases d_skip when it is scaled
+    // below.
+    TensorView<float> d_branch = d_combined;
     if (sub.post_branch_norm.present() || sub.rezero ||
         sub.branch_scale != 1.0f) {
       FTX_ASSIGN_OR_RETURN(d_branch, Buffer(d_branch_, shape));
       if (sub.post_branch_norm.present()) {
         FTX_RETURN_IF_ERROR(sub.post_branch_norm.Backward(
-            ctx, store, sub_base, sub.branch.view<float>(), d_sum, d_branch));
+            ctx, store, sub_base, sub.branch.view<float>(), d_combined,
+            d_branch));
+        if (resi_dual_) {
+          FTX_RETURN_IF_ERROR(resi_dual_->AddOuterGradient(
+              ctx, d_outer_.view<float>(), d_branch));
+        }
       } else if (sub.rezero) {
         const std::string name = sub_base + "rezero.g";
         FTX_ASSIGN_OR_RETURN(TensorView<float> g, store.Value(name));
         FTX_ASSIGN_OR_RETURN(TensorView<float> d_g, store.Grad(name));
         FTX_RETURN_IF_ERROR(sub.rezero->Backward(
-            ctx, g, sub.branch.view<float>(), d_sum, d_branch, d_g));
+            ctx, g, sub.branch.view<float>(), d_combined, d_branch, d_g));
       } else {
-        Copy(ctx, d_sum, d_branch);
+        Copy(ctx, d_combined, d_branch);
       }
       if (sub.branch_scale != 1.0f) {
         ScaleInPlace(ctx, d_branch, sub.branch_scale);
@@ -1023,16 +1454,47 @@ absl::Status AttentionLayers::Backward(const Context& ctx, ParamStore& store,
         grads.head_bias = d_position_bias_.view<float>();
       }
       TensorView<float> d_context_part;
+      TensorView<const float> kv_source =
+          cross ? last_inputs_.context : TensorView<const float>();
       if (cross) {
         FTX_ASSIGN_OR_RETURN(
             d_context_part,
             Buffer(d_context_scratch_, last_inputs_.context.shape()));
+      } else if (sub.memory_length > 0) {
+        kv_source = sub.kv_input.view<float>();
+        FTX_ASSIGN_OR_RETURN(d_context_part,
+                             Buffer(sub.d_kv_input, sub.kv_input.shape()));
+        if (config_.causal) {
+          masks.attn_mask = XlMemory::CausalMask(sub.memory_length);
+        }
+      }
+      sub.ClearInnerGrads();
+      if (config_.residual_attn && !cross) {
+        TensorView<float> d_previous;
+        if (sub.has_previous_scores) {
+          FTX_ASSIGN_OR_RETURN(d_previous, Buffer(sub.d_previous_scores,
+                                                  sub.residual_scores.shape()));
+        }
+        sub.FullInner().SetResidualScoreGrads(d_later_scores, d_previous);
+        d_later_scores = d_previous;
       }
       FTX_RETURN_IF_ERROR(sub.attention->Backward(
-          ctx, params, hidden,
-          cross ? last_inputs_.context : TensorView<const float>(), masks,
-          sub.attention_cache, d_branch, d_hidden, d_context_part, grads));
+          ctx, params, hidden, kv_source, masks, sub.attention_cache, d_branch,
+          d_hidden, d_context_part, grads));
+      FTX_RETURN_IF_ERROR(sub.StoreInnerGrads(store, base));
       if (cross && want_context) AddInto(ctx, d_context, d_context_part);
+      if (!cross && sub.memory_length > 0) {
+        // The hidden rows of cat(memory, hidden) also fed keys and values;
+        // the memory rows get no gradient.
+        const int64_t rows = sub.memory_length * config_.dim;
+        const int64_t per_batch = hidden.dim(1) * config_.dim;
+        for (int64_t b = 0; b < hidden.dim(0); ++b) {
+          float* target = d_hidden.data() + b * per_batch;
+          const float* source =
+              d_context_part.data() + b * (rows + per_batch) + rows;
+          for (int64_t i = 0; i < per_batch; ++i) target[i] += source[i];
+        }
+      }
     }
     TensorView<const float> d_normed_input = d_hidden;
     if (sub.shift) {
@@ -1051,10 +1513,14 @@ absl::Status AttentionLayers::Backward(const Context& ctx, ParamStore& store,
                                             d_normed_input, d_normed));
       d_block_input = d_normed;
     }
-    if (d_sum.data() != d_current.data()) Copy(ctx, d_sum, d_current);
+    if (d_skip.data() != d_current.data()) Copy(ctx, d_skip, d_current);
     AddInto(ctx, d_current, d_block_input);
   }
   Copy(ctx, d_current, d_x);
+  if (resi_dual_) {
+    FTX_RETURN_IF_ERROR(
+        resi_dual_->AddOuterGradient(ctx, d_outer_.view<float>(), d_x));
+  }
   if (position_bias) {
     FTX_RETURN_IF_ERROR(PositionBiasBackward(ctx, store, base));
   }
@@ -1459,12 +1925,30 @@ absl::Status TransformerWrapper::Forward(const Context& ctx, ParamStore& store,
   }
   FTX_ASSIGN_OR_RETURN(TensorView<float> stack_out,
                        Buffer(stack_out_, {B, M + T, C}));
-  StackInputs stack_inputs{stack_lengths_, inputs.context,
-                           inputs.context_lengths, inputs.training,
-                           inputs.seed};
+  StackInputs stack_inputs{
+      stack_lengths_,  inputs.context, inputs.context_lengths,
+      inputs.training, inputs.seed,    inputs.mems};
+  FTX_ASSIGN_OR_RETURN(
+      const XlMemory xl_memory,
+      XlMemory::Create({.max_mem_len = config_.max_mem_len,
+                        .shift_mem_down = config_.shift_mem_down}));
+  xl_memory.ShiftDown(stack_inputs.mems);
   FTX_RETURN_IF_ERROR(layers_->Forward(ctx, store, "attn_layers.", stack_in,
                                        stack_inputs, stack_out,
                                        save_for_backward));
+  new_mems_.clear();
+  if (inputs.return_mems) {
+    const std::vector<TensorView<const float>> hiddens = layers_->Hiddens();
+    for (size_t k = 0; k < hiddens.size(); ++k) {
+      FTX_ASSIGN_OR_RETURN(
+          Tensor memory,
+          xl_memory.Update(ctx,
+                           stack_inputs.mems.empty() ? TensorView<const float>()
+                                                     : stack_inputs.mems[k],
+                           hiddens[k]));
+      new_mems_.push_back(std::move(memory));
+    }
+  }
   TensorView<float> normed = stack_out;
   if (config_.final_norm) {
     FTX_ASSIGN_OR_RETURN(normed, Buffer(normed_, {B, M + T, C}));
@@ -1741,7 +2225,11 @@ absl::StatusOr<TransformerConfig> TransformerConfigFromJson(
       {"rel_pos_max_distance", &c.rel_pos_max_distance},
       {"alibi_num_heads", &c.alibi_num_heads},
       {"emb_dim", &c.emb_dim},
-      {"num_memory_tokens", &c.num_memory_tokens}};
+      {"num_memory_tokens", &c.num_memory_tokens},
+      {"qk_norm_attn_seq_len", &c.qk_norm_attn_seq_len},
+      {"max_mem_len", &c.max_mem_len},
+      {"shift_mem_down", &c.shift_mem_down},
+      {"attn_qk_norm_groups", &c.attn_qk_norm_groups}};
   const std::map<std::string, bool*> bools = {
       {"causal", &c.causal},
       {"cross_attend", &c.cross_attend},
@@ -1759,7 +2247,18 @@ absl::StatusOr<TransformerConfig> TransformerConfigFromJson(
       {"alibi_pos_bias", &c.alibi_pos_bias},
       {"alibi_learned", &c.alibi_learned},
       {"rotary_rotate_values", &c.rotary_rotate_values},
-      {"tie_embedding", &c.tie_embedding}};
+      {"tie_embedding", &c.tie_embedding},
+      {"attn_talking_heads", &c.attn_talking_heads},
+      {"attn_head_scale", &c.attn_head_scale},
+      {"attn_gate_values", &c.attn_gate_values},
+      {"attn_on_attn", &c.attn_on_attn},
+      {"use_qk_norm_attn", &c.use_qk_norm_attn},
+      {"residual_attn", &c.residual_attn},
+      {"resi_dual", &c.resi_dual},
+      {"attn_qk_norm", &c.attn_qk_norm},
+      {"attn_qk_norm_dim_scale", &c.attn_qk_norm_dim_scale},
+      {"gate_residual", &c.gate_residual},
+      {"scale_residual", &c.scale_residual}};
   const std::map<std::string, std::string*> strings = {
       {"attention", &c.attention},
       {"cross_attention", &c.cross_attention},
@@ -1774,6 +2273,13 @@ absl::StatusOr<TransformerConfig> TransformerConfigFromJson(
     } else if (key == "ff_mult") {
       if (!value.is_number()) return JsonTypeError(key, "a number");
       c.ff_mult = value.get<double>();
+    } else if (key == "scale_residual_constant" || key == "resi_dual_scale" ||
+               key == "attn_qk_norm_scale") {
+      if (!value.is_number()) return JsonTypeError(key, "a number");
+      (key == "resi_dual_scale"      ? c.resi_dual_scale
+       : key == "attn_qk_norm_scale" ? c.attn_qk_norm_scale
+                                     : c.scale_residual_constant) =
+          value.get<double>();
     } else if (key == "seed") {
       if (!value.is_number_unsigned()) {
         return JsonTypeError(key, "a non-negative integer");

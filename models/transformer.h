@@ -8,19 +8,31 @@
 //                                          left-padded with True)
 //   bias = rel_pos()                       T5 or ALiBi score bias [H, T, T],
 //                                          one module shared by every 'a'
+//   outer = s x                            resi_dual
 //   for each sublayer i (layer_types, see XTransformersLayerTypes):
 //     residual = x
-//     x = norm_i(x)                        pre-norm only
+//     x = norm_i(x)                        pre-norm only (not on attention
+//                                          sublayers with use_qk_norm_attn)
 //     x = shift_tokens(x)                  shift_tokens > 0 (the padding mask
 //                                          only for attention blocks)
-//     out = block_i(x[, context])          self-attention (+ bias),
+//     out = block_i(x[, context])          self-attention (+ bias, + the
+//                                          previous scores with residual_attn,
+//                                          keys/values from cat(mems[k], x)
+//                                          with Transformer-XL memories),
 //                                          cross-attention or feed-forward
 //     out = 0.5 out                        macaron, feed-forward blocks
 //     out = g_i * out                      ReZero only (g_i initialised to 0)
-//     out = post_branch_norm_i(out)        sandwich_norm
-//     x = out + residual
+//     outer += s out                       resi_dual
+//     out = post_branch_norm_i(out)        sandwich_norm, or attention
+//                                          sublayers with use_qk_norm_attn
+//     x = residual_fn(out, residual)       out + residual; GRU gating
+//                                          (gate_residual) and/or a scaled
+//                                          skip path (scale_residual)
 //     x = norm_i(x)                        post-norm, except the last sublayer
-//   x = LayerNorm(x)                       final norm (always a LayerNorm)
+//                                          (unless resi_dual)
+//   x = x + LayerNorm(outer)               resi_dual (stack's final_norm.*)
+//   x = LayerNorm(x)                       final norm (a LayerNorm; off with
+//                                          final_norm = false)
 //   x = x[:, num_memory_tokens:]           memory tokens stripped
 //   logits = x W^T + b                     to_logits; x token_emb^T with
 //                                          tie_embedding; x itself with
@@ -50,12 +62,16 @@
 // "causal" option gets the stack's causal flag unless the options set it
 // (x-transformers' attn_sparse_topk is "exact-topk" with sparse_topk_ties).
 // Mechanisms that own trainable parameters keep them (and their gradients)
-// inside the mechanism, outside the ParamStore. Masked scores are -inf, not
-// -finfo.max: a padded query row (all keys masked) gives 0 here and a uniform
-// average there. The position biases cannot be combined with attn_num_mem_kv
-// (0.26.6 biases the memory columns as key positions 0 .. M-1 and shifts the
-// sequence's; ftx would leave them unbiased). Not available: residual_attn,
-// gate_residual, scale_residual, position_infused_attn, Transformer-XL mems.
+// inside the mechanism, outside the ParamStore, except talking heads
+// (attn_talking_heads), whose mixings the stack keeps in the ParamStore and
+// copies into the mechanism on every Forward (gradients back on Backward).
+// Masked scores are -inf, not -finfo.max: a padded query row (all keys masked)
+// gives 0 here and a uniform average there. The position biases cannot be
+// combined with attn_num_mem_kv (0.26.6 biases the memory columns as key
+// positions 0 .. M-1 and shifts the sequence's; ftx would leave them unbiased).
+// Not available: cross_residual_attn, position_infused_attn; Transformer-XL
+// memories with rotary or the position biases (0.26.6 offsets their
+// positions by the memory length).
 //
 // Parameter names (hierarchical, regular; state_dict maps to the reference
 // libraries are separate):
@@ -68,6 +84,10 @@
 //   attn_layers.layers.{i}.norm.{weight,bias|g}      pre-norm or post-norm
 //   attn_layers.layers.{i}.post_branch_norm.*        sandwich_norm
 //   attn_layers.layers.{i}.rezero.g [1]              use_rezero
+//   attn_layers.layers.{i}.residual.residual_scale, .gru.* scale_residual,
+//                                                    gate_residual
+//   attn_layers.layers.{i}.attn.head_scale_params, to_v_gate.*,
+//     qk_norm_scale, pre/post_softmax_talking_heads.weight  attn_* options
 //   attn_layers.layers.{i}.attn.query_projection.weight ... out_projection,
 //     memory_keys, memory_values                     'a' sublayers
 //   attn_layers.layers.{i}.cross_attn.*              'c' sublayers
@@ -105,7 +125,11 @@
 // is "zero" (the sequence-max stabiliser looks at future keys). A "favor"
 // decoder copies the parallel mechanism's current projection when the state
 // is created. Also not step-wise: shift_tokens, rel_pos_bias,
-// alibi_pos_bias and num_memory_tokens.
+// alibi_pos_bias, num_memory_tokens, residual_attn, resi_dual, attn_qk_norm,
+// attn_talking_heads,
+// attn_head_scale,
+// attn_gate_values, attn_on_attn, use_qk_norm_attn, gate_residual and
+// scale_residual.
 //
 //   FTX_ASSIGN_OR_RETURN(DecodeState state, model->NewDecodeState(batch));
 //   for (...) FTX_RETURN_IF_ERROR(model->Step(ctx, store, tokens, state,
@@ -136,6 +160,8 @@
 #include "layers/feed_forward.h"
 #include "layers/layernorm.h"
 #include "layers/memory_tokens.h"
+#include "layers/resi_dual.h"
+#include "layers/residual.h"
 #include "layers/t5_relative_bias.h"
 #include "models/param_store.h"
 
@@ -193,6 +219,50 @@ struct TransformerConfig {
   bool rotary_rotate_values = true;  // 0.26.6 rotates v as well
   int64_t attn_kv_heads = 0;         // 0: heads
   int64_t attn_num_mem_kv = 0;
+  // x-transformers 0.26.6 Attention options, on every 'a' and 'c' sublayer.
+  // attn_talking_heads runs the "talking-heads" mechanism (needs attention
+  // and cross_attention "full"); its mixing weights live in the ParamStore
+  // ("attn.pre_softmax_talking_heads.weight", "attn.post_softmax_talking_
+  // heads.weight", [H, H, 1, 1]).
+  bool attn_talking_heads = false;
+  bool attn_head_scale = false;   // head_scale_params [1, H, 1, 1]
+  bool attn_gate_values = false;  // to_v_gate, init weight 0, bias 1
+  bool attn_on_attn = false;      // to_out = Linear(H * D, 2C) + GLU
+  // Cosine-sim attention (0.26.6 use_qk_norm_attn): l2-normalised q and k,
+  // learned temperature "attn.qk_norm_scale" [1, H, 1, 1] initialised to -3,
+  // or -log(log2(n^2 - n)) with qk_norm_attn_seq_len n > 0; the attention
+  // sublayers then have no pre-branch norm and always a post-branch norm
+  // (0.26.6's layer_uses_qk_norm). Needs "full" attention.
+  bool use_qk_norm_attn = false;
+  int64_t qk_norm_attn_seq_len = 0;
+  // RealFormer (0.26.6 residual_attn): every self-attention sublayer adds the
+  // previous one's pre-softmax scores (t q.k + its own previous, before the
+  // position bias and masks; memory kv columns included) to its own. Needs
+  // "full" attention without attn_talking_heads.
+  bool residual_attn = false;
+  // ResiDual (x-transformers 1.15+, layers/resi_dual.h; no 0.26.6 parity):
+  // needs pre_norm = false (every sublayer, the last too, then ends with its
+  // norm) and final_norm = false (the stack ends with
+  // x_L + LayerNorm(outer) instead, "attn_layers.final_norm.*").
+  bool resi_dual = false;
+  double resi_dual_scale = 1.0;  // in (0, 1]
+  // x-transformers >= 1.0 qk_norm (attention/qk_norm.h kFixedScale; no
+  // 0.26.6 parity): l2norm over attn_qk_norm_groups groups, score scale
+  // attn_qk_norm_scale, learned per-dimension scales "attn.qk_norm_q_scale" /
+  // "attn.qk_norm_k_scale" [H, 1, E] with attn_qk_norm_dim_scale. Applied
+  // after rotary (0.26.6's place; 2.x normalises before, which differs with
+  // groups > 1 or the dim scale). Not with use_qk_norm_attn; needs "full".
+  bool attn_qk_norm = false;
+  int64_t attn_qk_norm_groups = 1;
+  double attn_qk_norm_scale = 10.0;
+  bool attn_qk_norm_dim_scale = false;
+  // Residual connections (layers/residual.h), "layers.{i}.residual.*":
+  // GRU gating, and/or a learned [C] scale of the skip path times
+  // scale_residual_constant (the constant is ignored with gate_residual, as in
+  // 0.26.6).
+  bool gate_residual = false;
+  bool scale_residual = false;
+  double scale_residual_constant = 1.0;
   // TransformerWrapper.
   int64_t num_tokens = 0;  // V
   int64_t max_seq_len = 0;
@@ -201,6 +271,11 @@ struct TransformerConfig {
   bool final_norm = true;       // the wrapper's LayerNorm
   int64_t emb_dim = 0;          // E, 0: dim; E != dim adds project_emb
   int64_t num_memory_tokens = 0;
+  // Transformer-XL recurrence (layers/xl_memory.h): the memories returned
+  // keep the last max_mem_len positions (0 keeps all, as 0.26.6's default);
+  // shift_mem_down = k rotates the given memories left by k first.
+  int64_t max_mem_len = 0;
+  int64_t shift_mem_down = 0;
   bool tie_embedding = false;  // logits = x token_emb^T (needs E = dim)
   uint64_t seed = 0;           // initialisation
 };
@@ -238,6 +313,13 @@ struct StackInputs {
   LengthMask context_lengths;  // [B] or empty
   bool training = false;       // dropout in attention and feed-forward
   uint64_t seed = 0;           // dropout masks
+  // Transformer-XL memories, one [B, M_k, C] per self-attention sublayer k
+  // (empty for none): sublayer k's keys and values come from
+  // cat(mems[k], its normalised input), causal stacks see all M_k memory
+  // positions (AttnMask::Causal(M_k)). The memories get no gradient. Not with
+  // lengths, rotary_pos_emb, rel_pos_bias, alibi_pos_bias or residual_attn
+  // (InvalidArgument naming "mems").
+  std::vector<TensorView<const float>> mems;
 };
 
 // The history of a step-wise decoding run of one TransformerWrapper (see
@@ -333,11 +415,19 @@ class AttentionLayers {
                                    const std::string& base, int64_t length);
   absl::Status PositionBiasBackward(const Context& ctx, ParamStore& store,
                                     const std::string& base);
+  // InvalidArgument for memories that do not fit x or the config.
+  absl::Status CheckMems(TensorView<const float> x,
+                         const StackInputs& inputs) const;
 
   TransformerConfig config_;
   std::string layer_types_;
   std::vector<std::unique_ptr<Sublayer>> sublayers_;
   std::optional<T5RelativeBias> t5_bias_;
+  std::optional<ResiDual> resi_dual_;
+  // resi_dual: the outer stream [B, T, C], its final-norm statistics and
+  // gradient.
+  Tensor outer_, d_outer_, d_resi_branch_;
+  LayerNormCache resi_dual_cache_;
   std::optional<Alibi> alibi_;
   Tensor position_bias_, d_position_bias_;
   absl::Status step_support_;
@@ -349,6 +439,7 @@ class AttentionLayers {
   // Backward scratch, [B, T, C] each, and the context gradient of one
   // cross-attention sublayer.
   Tensor d_current_, d_sum_, d_branch_, d_hidden_, d_normed_, d_shifted_;
+  Tensor d_skip_, d_combined_;  // residual function gradients
   Tensor d_context_scratch_;
 };
 
@@ -358,6 +449,12 @@ struct TransformerInputs {
   LengthMask lengths;                // [B] or empty
   TensorView<const float> context;   // cross_attend only
   LengthMask context_lengths;
+  // x-transformers mems / return_mems: one memory per self-attention
+  // sublayer (StackInputs::mems), or empty; shifted by shift_mem_down. With
+  // return_mems, Forward leaves the next memories in mems() (the views need
+  // to stay alive only during Forward).
+  std::vector<TensorView<const float>> mems;
+  bool return_mems = false;
   bool return_embeddings = false;  // output [B, T, C] instead of logits
   bool training = false;
   uint64_t seed = 0;
@@ -391,6 +488,11 @@ class TransformerWrapper {
   absl::Status Forward(const Context& ctx, ParamStore& store,
                        const TransformerInputs& inputs, TensorView<float> out,
                        bool save_for_backward);
+  // The memories after the last Forward with return_mems: per self-attention
+  // sublayer k, cat(mems[k] (shifted), its input)[:, -max_mem_len:] as a new
+  // [B, M', C] tensor (0.26.6 new_mems, detached).
+  const std::vector<Tensor>& mems() const { return new_mems_; }
+
   // d_out: the shape of Forward's out. Parameter gradients accumulate in the
   // store (+=); d_context (=) or empty.
   absl::Status Backward(const Context& ctx, ParamStore& store,
@@ -439,6 +541,7 @@ class TransformerWrapper {
   LengthMask stack_lengths_;
   Tensor embedded_, projected_, stack_in_, stack_out_, normed_, stripped_;
   LayerNormCache final_norm_cache_;
+  std::vector<Tensor> new_mems_;
   Tensor d_stripped_, d_normed_, d_stack_out_, d_stack_in_, d_projected_,
       d_embedded_;
 };

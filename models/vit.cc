@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <string>
 #include <utility>
 
@@ -9,9 +10,17 @@
 #include "kernels/base/rng.h"
 #include "kernels/base/status_macros.h"
 #include "kernels/linear/linear.h"
+#include "nlohmann/json.hpp"
 
 namespace ftx {
 namespace {
+
+using Json = nlohmann::json;
+
+absl::Status JsonKeyError(const std::string& key, absl::string_view message) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("ViTConfig JSON: \"", key, "\": ", message));
+}
 
 // A distinct initialisation seed per wrapper tensor (the stack derives its
 // own from the same seed).
@@ -110,6 +119,52 @@ absl::Status PatchesToImage(const Context& ctx, TensorView<const float> patches,
       ctx, images.shape(), patch_size,
       [&](int64_t pixel, int64_t feature) { out[pixel] = in[feature]; });
   return absl::OkStatus();
+}
+
+absl::StatusOr<ViTConfig> ViTConfigFromJson(absl::string_view json) {
+  const Json root = Json::parse(json.begin(), json.end(), nullptr,
+                                /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object()) {
+    return absl::InvalidArgumentError("ViTConfig JSON: expected a JSON object");
+  }
+  ViTConfig config;
+  const std::map<std::string, int64_t*> ints = {
+      {"image_size", &config.image_size},
+      {"patch_size", &config.patch_size},
+      {"channels", &config.channels},
+      {"num_classes", &config.num_classes}};
+  bool has_seed = false;
+  uint64_t seed = 0;
+  for (const auto& [key, value] : root.items()) {
+    if (auto it = ints.find(key); it != ints.end()) {
+      if (!value.is_number_integer())
+        return JsonKeyError(key, "must be an integer");
+      *it->second = value.get<int64_t>();
+    } else if (key == "attn_layers") {
+      if (!value.is_object()) return JsonKeyError(key, "must be an object");
+      absl::StatusOr<TransformerConfig> layers =
+          TransformerConfigFromJson(value.dump());
+      if (!layers.ok()) return JsonKeyError(key, layers.status().message());
+      config.attn_layers = *std::move(layers);
+    } else if (key == "dropout" || key == "emb_dropout") {
+      if (!value.is_number() || value.get<double>() != 0.0) {
+        return JsonKeyError(key, "must be 0 (ftx has no ViT dropout)");
+      }
+    } else if (key == "seed") {
+      if (!value.is_number_unsigned()) {
+        return JsonKeyError(key, "must be a non-negative integer");
+      }
+      has_seed = true;
+      seed = value.get<uint64_t>();
+    } else {
+      return JsonKeyError(
+          key,
+          "unknown key (ViTransformerWrapper takes image_size, patch_size, "
+          "num_classes, channels, attn_layers, dropout, emb_dropout, seed)");
+    }
+  }
+  if (has_seed) config.attn_layers.seed = seed;
+  return config;
 }
 
 absl::StatusOr<std::unique_ptr<ViTransformerWrapper>>

@@ -43,6 +43,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "attention/attention.h"
 #include "attention/registry.h"
 #include "kernels/base/context.h"
@@ -77,6 +78,16 @@ struct ViTConfig {
   // whole model.
   TransformerConfig attn_layers;
 };
+
+// Reads a config from a JSON object with ViTransformerWrapper's argument
+// names (models/configs/vit.json): image_size, patch_size, num_classes,
+// channels (1.0.0), attn_layers (an object read by TransformerConfigFromJson:
+// the Encoder's dim, depth, heads, ...), dropout and emb_dropout (accepted
+// only as 0, ftx has no ViT dropout), plus "seed" (ftx only: sets
+// attn_layers.seed). InvalidArgument naming the key for malformed JSON,
+// unknown keys or wrongly typed values; the result is not validated (Create
+// does that).
+absl::StatusOr<ViTConfig> ViTConfigFromJson(absl::string_view json);
 
 class ViTransformerWrapper {
  public:

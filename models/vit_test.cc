@@ -292,5 +292,55 @@ TEST_F(ViTTest, BadInputs) {
   EXPECT_NE(status.message().find("patches"), std::string::npos) << status;
 }
 
+TEST(ViTConfigFromJsonTest, ReadsWrapperAndEncoderArguments) {
+  const absl::StatusOr<ViTConfig> config = ViTConfigFromJson(
+      R"({"image_size": 16, "patch_size": 4, "num_classes": 5, "channels": 1,
+          "dropout": 0.0, "emb_dropout": 0, "seed": 9,
+          "attn_layers": {"dim": 24, "depth": 2, "heads": 3, "dim_head": 8,
+                          "seed": 1}})");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->image_size, 16);
+  EXPECT_EQ(config->patch_size, 4);
+  EXPECT_EQ(config->num_classes, 5);
+  EXPECT_EQ(config->channels, 1);
+  EXPECT_EQ(config->attn_layers.dim, 24);
+  EXPECT_EQ(config->attn_layers.depth, 2);
+  EXPECT_EQ(config->attn_layers.heads, 3);
+  EXPECT_EQ(config->attn_layers.dim_head, 8);
+  EXPECT_EQ(config->attn_layers.seed, 9u);
+
+  const absl::StatusOr<ViTConfig> defaults = ViTConfigFromJson(
+      R"({"image_size": 8, "patch_size": 4, "num_classes": 2,
+          "attn_layers": {"dim": 8, "depth": 1, "seed": 4}})");
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->channels, 3);
+  EXPECT_EQ(defaults->attn_layers.seed, 4u);
+}
+
+TEST(ViTConfigFromJsonTest, BadJsonNamesTheKey) {
+  const struct {
+    const char* json;
+    const char* named;
+  } kCases[] = {
+      {"3", "JSON object"},
+      {R"({"image_size": "big"})", "\"image_size\""},
+      {R"({"patch_size": 2.5})", "\"patch_size\""},
+      {R"({"attn_layers": [1]})", "\"attn_layers\""},
+      {R"({"attn_layers": {"depht": 2}})", "depht"},
+      {R"({"dropout": 0.1})", "\"dropout\""},
+      {R"({"emb_dropout": true})", "\"emb_dropout\""},
+      {R"({"seed": "x"})", "\"seed\""},
+      {R"({"dim": 64})", "\"dim\""},
+  };
+  for (const auto& c : kCases) {
+    const absl::StatusOr<ViTConfig> config = ViTConfigFromJson(c.json);
+    ASSERT_FALSE(config.ok()) << c.json;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.json;
+    EXPECT_NE(config.status().message().find(c.named), std::string::npos)
+        << c.json << ": " << config.status();
+  }
+}
+
 }  // namespace
 }  // namespace ftx

@@ -34,6 +34,12 @@ absl::StatusOr<std::vector<StateDictRule>> StackRules(
     const TransformerConfig& c, const std::string& reference,
     const std::string& ftx) {
   FTX_RETURN_IF_ERROR(ValidateTransformerConfig(c, /*require_wrapper=*/false));
+  if (c.resi_dual || c.attn_qk_norm) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("x-transformers 0.26.6 has no ",
+                     c.resi_dual ? "resi_dual" : "attn_qk_norm",
+                     " (a later release's option): no state_dict map"));
+  }
   FTX_ASSIGN_OR_RETURN(const std::string types, XTransformersLayerTypes(c));
   std::vector<StateDictRule> rules;
   if (c.rel_pos_bias) {
@@ -53,19 +59,33 @@ absl::StatusOr<std::vector<StateDictRule>> StackRules(
     const bool last = i + 1 == types.size();
     const std::string ref_layer = absl::StrCat(reference, "layers.", i, ".");
     const std::string ftx_layer = absl::StrCat(ftx, "layers.", i, ".");
+    // 0.26.6 layer_uses_qk_norm: no pre-branch norm, a post-branch norm.
+    const bool qk_norm_layer = c.use_qk_norm_attn && type != 'f';
     if (!c.use_rezero) {
       // Slot 0: pre-branch norm; slot 2: post-main norm (ftx "norm." holds
       // whichever exists); slot 1: the sandwich post-branch norm.
-      const char* main_slot = c.pre_norm ? "0.0." : (last ? nullptr : "0.2.");
+      const char* main_slot = c.pre_norm ? (qk_norm_layer ? nullptr : "0.0.")
+                                         : (last ? nullptr : "0.2.");
       for (const std::string& tensor : NormTensors(c.norm)) {
         if (main_slot != nullptr) {
           Add(rules, ref_layer + main_slot + tensor,
               ftx_layer + "norm." + tensor);
         }
-        if (c.sandwich_norm) {
+        if (c.sandwich_norm || qk_norm_layer) {
           Add(rules, ref_layer + "0.1." + tensor,
               ftx_layer + "post_branch_norm." + tensor);
         }
+      }
+    }
+    // Slot 2: the residual function (Residual or GRUGating).
+    if (c.scale_residual) {
+      Add(rules, ref_layer + "2.residual_scale",
+          ftx_layer + "residual.residual_scale");
+    }
+    if (c.gate_residual) {
+      for (const char* name :
+           {"gru.weight_ih", "gru.weight_hh", "gru.bias_ih", "gru.bias_hh"}) {
+        Add(rules, ref_layer + "2." + name, ftx_layer + "residual." + name);
       }
     }
     std::string block = ref_layer + "1.";
@@ -89,10 +109,25 @@ absl::StatusOr<std::vector<StateDictRule>> StackRules(
     Add(rules, block + "to_q.weight", attn + "query_projection.weight");
     Add(rules, block + "to_k.weight", attn + "key_projection.weight");
     Add(rules, block + "to_v.weight", attn + "value_projection.weight");
-    Add(rules, block + "to_out.weight", attn + "out_projection.weight");
+    Add(rules, block + (c.attn_on_attn ? "to_out.0.weight" : "to_out.weight"),
+        attn + "out_projection.weight");
     if (c.attn_num_mem_kv > 0) {
       Add(rules, block + "mem_k", attn + "memory_keys");
       Add(rules, block + "mem_v", attn + "memory_values");
+    }
+    if (c.attn_gate_values) {
+      Add(rules, block + "to_v_gate.weight", attn + "to_v_gate.weight");
+      Add(rules, block + "to_v_gate.bias", attn + "to_v_gate.bias");
+    }
+    if (c.use_qk_norm_attn) Add(rules, block + "scale", attn + "qk_norm_scale");
+    if (c.attn_talking_heads) {
+      for (const char* name : {"pre_softmax_talking_heads.weight",
+                               "post_softmax_talking_heads.weight"}) {
+        Add(rules, block + name, attn + name);
+      }
+    }
+    if (c.attn_head_scale) {
+      Add(rules, block + "head_scale_params", attn + "head_scale_params");
     }
   }
   return rules;

@@ -17,6 +17,11 @@
 //           (to_k / key_projection, to_v / value_projection, to_out /
 //           out_projection, mem_k / memory_keys, mem_v / memory_values;
 //           'c' sublayers use cross_attn.)
+//   R1.<fn.>to_out.0.weight (attn_on_attn)  F attn.out_projection.weight
+//   R1.<fn.>scale (use_qk_norm_attn)        F attn.qk_norm_scale
+//   R1.<fn.>to_v_gate.*, head_scale_params, pre_softmax_talking_heads.weight,
+//           post_softmax_talking_heads.weight   F attn.<same>
+//   R2.residual_scale, R2.gru.*             F residual.<same>
 //   R1.<fn.>net.0.0.* | net.0.proj.* | net.3.*   F ff.net.<same>
 // where one "fn." is inserted per wrapper around the block, outermost first:
 // Rezero (use_rezero), ShiftTokens (shift_tokens > 0), Scale (macaron, 'f'
@@ -58,7 +63,8 @@ namespace ftx {
 inline constexpr char kXTransformersLibrary[] = "x-transformers";
 
 // The TransformerWrapper map for `config` (ValidateTransformerConfig's errors
-// otherwise).
+// otherwise; InvalidArgument for options 0.26.6 lacks: resi_dual,
+// attn_qk_norm).
 absl::StatusOr<StateDictMap> XTransformersStateDictMap(
     const TransformerConfig& config);
 

@@ -224,5 +224,45 @@ TEST(XStateDictTest, BadConfigsAreInvalidArgument) {
       << status;
 }
 
+TEST(XStateDictTest, AttentionAndResidualOptions) {
+  TransformerConfig config = SmallConfig();
+  config.attn_talking_heads = true;
+  config.attn_head_scale = true;
+  config.attn_gate_values = true;
+  config.attn_on_attn = true;
+  config.use_qk_norm_attn = true;
+  config.gate_residual = true;
+  config.scale_residual = true;
+  auto map = XTransformersStateDictMap(config);
+  ASSERT_TRUE(map.ok()) << map.status();
+  EXPECT_EQ(FtxNameOf(*map, "attn_layers.layers.0.1.to_out.0.weight"),
+            "attn_layers.layers.0.attn.out_projection.weight");
+  EXPECT_EQ(FtxNameOf(*map, "attn_layers.layers.0.1.scale"),
+            "attn_layers.layers.0.attn.qk_norm_scale");
+  EXPECT_EQ(
+      FtxNameOf(*map,
+                "attn_layers.layers.2.1.pre_softmax_talking_heads.weight"),
+      "attn_layers.layers.2.attn.pre_softmax_talking_heads.weight");
+  EXPECT_EQ(FtxNameOf(*map, "attn_layers.layers.0.0.1.weight"),
+            "attn_layers.layers.0.post_branch_norm.weight");
+  EXPECT_EQ(FtxNameOf(*map, "attn_layers.layers.0.0.0.weight"), "");
+  EXPECT_EQ(FtxNameOf(*map, "attn_layers.layers.1.0.0.weight"),
+            "attn_layers.layers.1.norm.weight");
+  EXPECT_EQ(FtxNameOf(*map, "attn_layers.layers.1.2.gru.weight_hh"),
+            "attn_layers.layers.1.residual.gru.weight_hh");
+  EXPECT_EQ(FtxNameOf(*map, "attn_layers.layers.3.2.residual_scale"),
+            "attn_layers.layers.3.residual.residual_scale");
+  ExpectCoversModel(config, *map);
+}
+
+TEST(XStateDictTest, LaterReleaseOptionsHaveNoMap) {
+  TransformerConfig config = SmallConfig();
+  config.attn_qk_norm = true;
+  auto map = XTransformersStateDictMap(config);
+  ASSERT_FALSE(map.ok());
+  EXPECT_EQ(map.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(map.status().message().find("attn_qk_norm"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace ftx

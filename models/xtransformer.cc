@@ -1,12 +1,38 @@
 #include "models/xtransformer.h"
 
+#include <string>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status_macros.h"
+#include "nlohmann/json.hpp"
 
 namespace ftx {
 namespace {
+
+using Json = nlohmann::json;
+
+absl::Status JsonKeyError(const std::string& key, absl::string_view message) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("XTransformerConfig JSON: \"", key, "\": ", message));
+}
+
+// One half's keys (prefix stripped) read by TransformerConfigFromJson. Each
+// key is read on its own first so that an error names the prefixed key.
+absl::StatusOr<TransformerConfig> HalfFromJson(const Json& half,
+                                               absl::string_view prefix) {
+  for (const auto& [key, value] : half.items()) {
+    Json single_key = Json::object();
+    single_key[key] = value;
+    const absl::StatusOr<TransformerConfig> single =
+        TransformerConfigFromJson(single_key.dump());
+    if (!single.ok()) {
+      return JsonKeyError(absl::StrCat(prefix, key), single.status().message());
+    }
+  }
+  return TransformerConfigFromJson(half.dump());
+}
 
 // The decoder config as built: a cross-attending Decoder over the encoder.
 TransformerConfig DecoderConfig(const XTransformerConfig& config) {
@@ -32,6 +58,46 @@ absl::StatusOr<TensorView<float>> Buffer(Tensor& tensor, const Shape& shape) {
 }
 
 }  // namespace
+
+absl::StatusOr<XTransformerConfig> XTransformerConfigFromJson(
+    absl::string_view json) {
+  const Json root = Json::parse(json.begin(), json.end(), nullptr,
+                                /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object()) {
+    return absl::InvalidArgumentError(
+        "XTransformerConfig JSON: expected a JSON object");
+  }
+  XTransformerConfig config;
+  Json encoder = Json::object(), decoder = Json::object();
+  for (const auto& [key, value] : root.items()) {
+    if (key == "dim") {
+      if (!value.is_number_integer())
+        return JsonKeyError(key, "must be an integer");
+      encoder.emplace("dim", value);
+      decoder.emplace("dim", value);
+    } else if (key == "tie_token_emb") {
+      if (!value.is_boolean()) return JsonKeyError(key, "must be a boolean");
+      config.tie_token_emb = value.get<bool>();
+    } else if (key == "seed") {
+      if (!value.is_number_unsigned()) {
+        return JsonKeyError(key, "must be a non-negative integer");
+      }
+      encoder.emplace("seed", value.get<uint64_t>());
+      decoder.emplace("seed", value.get<uint64_t>() + 1);
+    } else if (absl::StartsWith(key, "enc_") && key.size() > 4) {
+      encoder[key.substr(4)] = value;
+    } else if (absl::StartsWith(key, "dec_") && key.size() > 4) {
+      decoder[key.substr(4)] = value;
+    } else {
+      return JsonKeyError(key,
+                          "unknown key (XTransformer takes dim, "
+                          "tie_token_emb, seed and enc_* / dec_* keys)");
+    }
+  }
+  FTX_ASSIGN_OR_RETURN(config.encoder, HalfFromJson(encoder, "enc_"));
+  FTX_ASSIGN_OR_RETURN(config.decoder, HalfFromJson(decoder, "dec_"));
+  return config;
+}
 
 absl::Status ValidateXTransformerConfig(const XTransformerConfig& config) {
   if (config.tie_token_emb) {

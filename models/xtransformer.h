@@ -50,6 +50,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "attention/attention.h"
 #include "attention/mask.h"
 #include "attention/registry.h"
@@ -74,6 +75,20 @@ struct XTransformerConfig {
 // tie_token_emb. Checks the config as given (before the decoder's fields are
 // forced).
 absl::Status ValidateXTransformerConfig(const XTransformerConfig& config);
+
+// Reads a config from a JSON object with x-transformers' XTransformer keyword
+// names (models/configs/enc_dec.json): "dim" (both halves' width),
+// "tie_token_emb", and every other key prefixed "enc_" or "dec_", passed
+// without the prefix to the half's TransformerConfigFromJson
+// ("enc_num_tokens", "enc_depth", "dec_max_seq_len", "dec_ff_glu", ...;
+// "enc_dim" / "dec_dim" override "dim", an ftx extension). ftx only: "seed"
+// initialises the encoder with seed and the decoder with seed + 1 unless
+// "enc_seed" / "dec_seed" are given. InvalidArgument naming the key for
+// malformed JSON, unknown keys (without an enc_ / dec_ prefix, or unknown to
+// TransformerConfigFromJson after it) or wrongly typed values; the result is
+// not validated (ValidateXTransformerConfig does that).
+absl::StatusOr<XTransformerConfig> XTransformerConfigFromJson(
+    absl::string_view json);
 
 // The parameters of both halves, each in its own ParamStore.
 struct XTransformerStore {

@@ -362,5 +362,65 @@ TEST_F(XTransformerTest, InputErrors) {
   EXPECT_EQ(generated.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(XTransformerConfigFromJsonTest, ReadsPrefixedKeys) {
+  const absl::StatusOr<XTransformerConfig> config = XTransformerConfigFromJson(
+      R"({"dim": 32, "enc_num_tokens": 11, "enc_depth": 2, "enc_heads": 4,
+          "enc_max_seq_len": 20, "dec_num_tokens": 13, "dec_depth": 3,
+          "dec_heads": 2, "dec_max_seq_len": 24, "dec_ff_glu": true,
+          "tie_token_emb": false, "seed": 7, "dec_seed": 3})");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->encoder.dim, 32);
+  EXPECT_EQ(config->decoder.dim, 32);
+  EXPECT_EQ(config->encoder.num_tokens, 11);
+  EXPECT_EQ(config->encoder.depth, 2);
+  EXPECT_EQ(config->encoder.heads, 4);
+  EXPECT_EQ(config->encoder.max_seq_len, 20);
+  EXPECT_EQ(config->decoder.num_tokens, 13);
+  EXPECT_EQ(config->decoder.depth, 3);
+  EXPECT_EQ(config->decoder.heads, 2);
+  EXPECT_EQ(config->decoder.max_seq_len, 24);
+  EXPECT_TRUE(config->decoder.ff_glu);
+  EXPECT_FALSE(config->encoder.ff_glu);
+  EXPECT_FALSE(config->tie_token_emb);
+  EXPECT_EQ(config->encoder.seed, 7u);
+  EXPECT_EQ(config->decoder.seed, 3u);
+  EXPECT_TRUE(ValidateXTransformerConfig(*config).ok());
+
+  const absl::StatusOr<XTransformerConfig> widths =
+      XTransformerConfigFromJson(R"({"dim": 32, "enc_dim": 16, "seed": 2})");
+  ASSERT_TRUE(widths.ok()) << widths.status();
+  EXPECT_EQ(widths->encoder.dim, 16);
+  EXPECT_EQ(widths->decoder.dim, 32);
+  EXPECT_EQ(widths->encoder.seed, 2u);
+  EXPECT_EQ(widths->decoder.seed, 3u);
+}
+
+TEST(XTransformerConfigFromJsonTest, BadJsonNamesTheKey) {
+  const struct {
+    const char* json;
+    const char* named;
+  } kCases[] = {
+      {"[1, 2]", "JSON object"},
+      {"{\"dim\": ", "JSON object"},
+      {R"({"dim": 1.5})", "\"dim\""},
+      {R"({"tie_token_emb": 1})", "\"tie_token_emb\""},
+      {R"({"seed": -1})", "\"seed\""},
+      {R"({"depth": 2})", "\"depth\""},
+      {R"({"enc_": 2})", "\"enc_\""},
+      {R"({"ignore_index": 0})", "\"ignore_index\""},
+      {R"({"enc_depth": "two"})", "\"enc_depth\""},
+      {R"({"dec_no_such_option": 1})", "\"dec_no_such_option\""},
+  };
+  for (const auto& c : kCases) {
+    const absl::StatusOr<XTransformerConfig> config =
+        XTransformerConfigFromJson(c.json);
+    ASSERT_FALSE(config.ok()) << c.json;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.json;
+    EXPECT_NE(config.status().message().find(c.named), std::string::npos)
+        << c.json << ": " << config.status();
+  }
+}
+
 }  // namespace
 }  // namespace ftx

@@ -21,8 +21,9 @@
 // margin of 1e-3 and no k-means cluster goes empty, since the library
 // reseeds empty clusters from an unseeded std::random_device.
 //
-// Not covered: "aft-full" and "aft-simple" (absent from the 0.4.0 package;
-// its attention/ folder has no aft_attention.py), and attention dropout
+// Not covered here: "aft-full" and "aft-simple" (absent from the 0.4.0
+// package; fast_transformers_aft_test.cc compares them with the GitHub HEAD
+// version of aft_attention.py), and attention dropout
 // (training-mode randomness; every case runs in eval mode).
 #include <algorithm>
 #include <cmath>

@@ -1,9 +1,15 @@
 // Parity of ftx's x-transformers-style models with x-transformers 0.26.6
-// (fixtures from tools/fixtures/make_x_transformers.py): TransformerWrapper with
-// Encoder / Decoder stacks and their options, XTransformer, and
+// (fixtures from tools/fixtures/make_x_transformers.py): TransformerWrapper
+// with Encoder / Decoder stacks and their options, XTransformer, and
 // ViTransformerWrapper. Weights enter through the models/x_state_dict.h maps;
 // the logits must match to 1e-4 and every parameter gradient of
-// sum(logits * d_output) to 1e-3 (relative to the tensor's scale).
+// sum(logits * d_output) to 1e-3 (relative to the tensor's scale). The
+// Attention / AttentionLayers options covered: talking heads with head scale,
+// value gating with attention on attention (and memory kv), the learned-
+// temperature qk norm, GRU-gated and scaled residuals, RealFormer residual
+// attention (with memory kv; with qk norm and the T5 bias), and the
+// Transformer-XL recurrence over three segments (logits and returned memories
+// per segment, shift_mem_down, max_mem_len, memory kv).
 //
 // What is not compared, and why:
 //   - ALiBi in 0.26.6 works only with alibi_num_heads = 1: its slopes are
@@ -16,6 +22,10 @@
 //   - Non-causal ALiBi (alibi_encoder) is 0.26.6's learned bidirectional
 //     form: tril(|s - l| past) + triu(|s - l| future), positive on both
 //     sides.
+//   - Transformer-XL memories with padding masks fail in 0.26.6 (the key
+//     mask is built for the segment only), and 0.26.6 offsets rotary and the
+//     relative biases by the memory length; ftx rejects those combinations,
+//     so the fixtures use absolute positions and no padding.
 //   - tie_embedding raises AttributeError in 0.26.6 (it reads
 //     token_emb.weight, which lives at token_emb.emb.weight), so only ftx's
 //     own tests cover it.
@@ -160,10 +170,85 @@ INSTANTIATE_TEST_SUITE_P(
                       "glu", "mem_kv", "memory_tokens", "t5_encoder",
                       "t5_decoder", "alibi_decoder", "alibi_encoder",
                       "sparse_topk", "shift_tokens", "rotary",
-                      "macaron_sandwich", "emb_dim"),
+                      "macaron_sandwich", "emb_dim", "talking_heads",
+                      "gate_values_on_attn", "qk_norm", "gate_residual",
+                      "scale_residual", "residual_attn",
+                      "residual_attn_qk_norm"),
     [](const ::testing::TestParamInfo<const char*>& info) {
       return std::string(info.param);
     });
+
+// Transformer-XL recurrence over three segments: the logits and the returned
+// memories of every segment, then the parameter gradients of the sum of the
+// three segments' losses (the memories are detached, so each segment's
+// backward stands alone).
+class XlMemoryParityTest : public TransformerWrapperParityTest {};
+
+TEST_P(XlMemoryParityTest, SegmentsMemoriesAndGradientsMatch) {
+  absl::StatusOr<Fixture> fixture =
+      Fixture::Open(absl::StrCat(kDirectory, GetParam(), ".safetensors"));
+  ASSERT_TRUE(fixture.ok()) << fixture.status();
+  absl::StatusOr<TransformerConfig> config =
+      TransformerConfigFromJson(fixture->Meta("ftx_config"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  absl::StatusOr<std::unique_ptr<TransformerWrapper>> model =
+      TransformerWrapper::Create(*config, registry_);
+  ASSERT_TRUE(model.ok()) << model.status();
+  absl::StatusOr<ParamStore> store =
+      ParamStore::Create((*model)->ParamShapes());
+  ASSERT_TRUE(store.ok()) << store.status();
+  absl::StatusOr<StateDictMap> map = XTransformersStateDictMap(*config);
+  ASSERT_TRUE(map.ok()) << map.status();
+  ASSERT_TRUE(LoadFixtureParams(*fixture, *map, *store).ok());
+
+  std::vector<Tensor> mems;
+  const int64_t segments = fixture->MetaInt("segments");
+  ASSERT_EQ(segments, 3);
+  for (int64_t k = 0; k < segments; ++k) {
+    SCOPED_TRACE(absl::StrCat("segment ", k));
+    const Tensor expected = fixture->Float(absl::StrCat("output.logits.", k));
+    const Shape& shape = expected.shape();
+    const std::vector<int32_t> tokens =
+        Tokens(*fixture, absl::StrCat("input.tokens.", k));
+    Tensor logits = Tensor::Create(DType::kF32, shape).value();
+    TransformerInputs inputs;
+    inputs.tokens =
+        TensorView<const int32_t>(tokens.data(), {shape.dim(0), shape.dim(1)});
+    for (const Tensor& memory : mems)
+      inputs.mems.push_back(memory.view<float>());
+    inputs.return_mems = true;
+    const absl::Status forward =
+        (*model)->Forward(*ctx_, *store, inputs, logits.view<float>(),
+                          /*save_for_backward=*/true);
+    ASSERT_TRUE(forward.ok()) << forward;
+    ExpectParity(logits.view<float>(), expected.view<float>(),
+                 kForwardTolerance, absl::StrCat("logits ", k));
+    const std::vector<std::string> mem_names =
+        fixture->NamesWithPrefix(absl::StrCat("output.mems.", k, "."));
+    ASSERT_EQ((*model)->mems().size(), mem_names.size());
+    for (size_t l = 0; l < mem_names.size(); ++l) {
+      const std::string name = absl::StrCat("output.mems.", k, ".", l);
+      ExpectParity((*model)->mems()[l].view<float>(),
+                   fixture->Float(name).view<float>(), kForwardTolerance, name);
+    }
+    const Tensor d_output = fixture->Float(absl::StrCat("d_output.", k));
+    ASSERT_TRUE((*model)->Backward(*ctx_, *store, d_output.view<float>()).ok());
+    mems.clear();
+    for (const Tensor& memory : (*model)->mems()) {
+      mems.push_back(Tensor::Create(DType::kF32, memory.shape()).value());
+      std::copy(memory.data<float>(),
+                memory.data<float>() + memory.NumElements(),
+                mems.back().data<float>());
+    }
+  }
+  ExpectGradients(*fixture, *map, *store);
+}
+
+INSTANTIATE_TEST_SUITE_P(XTransformers0266, XlMemoryParityTest,
+                         ::testing::Values("xl_memory", "xl_memory_encoder"),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           return std::string(info.param);
+                         });
 
 TEST(XTransformerParityTest, LogitsAndGradientsMatch) {
   auto ctx = Context::Create({.num_threads = 2}).value();
