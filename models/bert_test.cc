@@ -227,7 +227,9 @@ TEST_F(BertTest, MaskHidesPaddedKeysOnlyAndEqualsLengths) {
   const std::vector<float> changed = Run(with_mask);
   for (int64_t i = 0; i < static_cast<int64_t>(masked.size()); ++i) {
     const bool padded_row = i < N * L * C && i / C % L >= 3 && i / C >= L;
-    if (!padded_row) EXPECT_EQ(masked[i], changed[i]) << i;
+    if (!padded_row) {
+      EXPECT_EQ(masked[i], changed[i]) << i;
+    }
   }
   EXPECT_NE(masked[(L + 3) * C], changed[(L + 3) * C]);
 }

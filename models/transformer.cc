@@ -239,6 +239,9 @@ absl::Status ValidateTransformerConfig(const TransformerConfig& c,
   }
   FTX_ASSIGN_OR_RETURN(const std::string layer_types,
                        XTransformersLayerTypes(c));
+  if (c.only_cross && !c.cross_attend) {
+    return Bad("only_cross", "false unless cross_attend is set", "true");
+  }
   if (!c.cross_attend && layer_types.find('c') != std::string::npos) {
     return Bad("custom_layers", "free of 'c' unless cross_attend is set",
                absl::StrCat("\"", c.custom_layers, "\""));
@@ -271,7 +274,7 @@ absl::Status ValidateTransformerConfig(const TransformerConfig& c,
 
 absl::StatusOr<std::string> XTransformersLayerTypes(
     const TransformerConfig& c) {
-  std::string block = c.cross_attend ? "acf" : "af";
+  std::string block = c.cross_attend ? (c.only_cross ? "cf" : "acf") : "af";
   if (c.macaron) block = "f" + block;
   if (!c.custom_layers.empty()) {
     if (c.custom_layers.find_first_not_of("acf") != std::string::npos) {
@@ -2243,6 +2246,7 @@ absl::StatusOr<TransformerConfig> TransformerConfigFromJson(
       {"final_norm", &c.final_norm},
       {"sandwich_norm", &c.sandwich_norm},
       {"macaron", &c.macaron},
+      {"only_cross", &c.only_cross},
       {"rel_pos_bias", &c.rel_pos_bias},
       {"alibi_pos_bias", &c.alibi_pos_bias},
       {"alibi_learned", &c.alibi_learned},

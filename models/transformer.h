@@ -177,6 +177,9 @@ struct TransformerConfig {
   int64_t dim_head = 64;  // E = D per head
   bool causal = false;    // Decoder (true) or Encoder (false)
   bool cross_attend = false;
+  // x-transformers CrossAttender (only_cross): blocks ('c', 'f') without
+  // self-attention; needs cross_attend.
+  bool only_cross = false;
   int64_t context_dim = 0;  // width of the cross-attention context; 0 = dim
   // Inner attention of the self-attention sublayers: a registered name and
   // builder options (attention/builder.h).

@@ -271,6 +271,35 @@ TEST_F(TransformerTest, GradientsCrossAttendingDecoderIncludingContext) {
   CheckGradients(kTokens, 2, inputs, &context);
 }
 
+// x-transformers' CrossAttender: only_cross gives ('c', 'f') blocks, no
+// self-attention parameters, and gradients through the context.
+TEST_F(TransformerTest, CrossAttenderHasOnlyCrossAttention) {
+  TransformerConfig config = TinyConfig();
+  config.cross_attend = true;
+  config.only_cross = true;
+  config.context_dim = 6;
+  config.depth = 2;
+  EXPECT_EQ(XTransformersLayerTypes(config).value(), "cfcf");
+  config.macaron = true;
+  EXPECT_EQ(XTransformersLayerTypes(config).value(), "fcffcf");
+  config.macaron = false;
+  Build(config);
+  EXPECT_EQ(model_->attn_layers().layer_types(), "cfcf");
+  EXPECT_FALSE(
+      store_->Contains("attn_layers.layers.0.attn.query_projection.weight"));
+  std::vector<float> context = RandomUniformVector<float>(2 * 3 * 6, 13);
+  TransformerInputs inputs;
+  inputs.context = TensorView<const float>(context.data(), {2, 3, 6});
+  inputs.context_lengths.lengths = {3, 2};
+  CheckGradients(kTokens, 2, inputs, &context);
+
+  TransformerConfig bad = TinyConfig();
+  bad.only_cross = true;
+  EXPECT_NE(std::string(ValidateTransformerConfig(bad, true).message())
+                .find("only_cross"),
+            std::string::npos);
+}
+
 // Position t of a decoder depends on tokens <= t only, bit for bit.
 TEST_F(TransformerTest, DecoderIsExactlyCausal) {
   for (const char* mechanism : {"full", "causal-linear"}) {
