@@ -1364,18 +1364,27 @@ absl::Status LinearAttentionTransformerLM::Backward(
   FTX_RETURN_IF_ERROR(norm_->Backward(ctx, norm_weight, norm_cache_, final_in,
                                       d_normed, d_final_in, d_norm_weight,
                                       d_norm_bias));
+  // Backward of the emb_dim projection `name` (project_in / project_out):
+  // d_input (=) from d_output, weight and bias gradients (+=).
+  const auto projection_backward =
+      [&](const char* name, TensorView<const float> input,
+          TensorView<const float> d_output,
+          TensorView<float> d_input) -> absl::Status {
+    const std::string prefix = absl::StrCat("transformer.", name);
+    FTX_ASSIGN_OR_RETURN(TensorView<float> w,
+                         store.Value(absl::StrCat(prefix, ".weight")));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> d_w,
+                         store.Grad(absl::StrCat(prefix, ".weight")));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> d_b,
+                         store.Grad(absl::StrCat(prefix, ".bias")));
+    return LinearBackward(ctx, input, w, d_output, d_input, d_w, d_b);
+  };
   TensorView<const float> d_stack_out = d_final_in;
   if (projected) {
     FTX_ASSIGN_OR_RETURN(TensorView<float> buffer,
                          Buffer(d_stack_out_, dim_shape));
-    FTX_ASSIGN_OR_RETURN(TensorView<float> w,
-                         store.Value("transformer.project_out.weight"));
-    FTX_ASSIGN_OR_RETURN(TensorView<float> d_w,
-                         store.Grad("transformer.project_out.weight"));
-    FTX_ASSIGN_OR_RETURN(TensorView<float> d_b,
-                         store.Grad("transformer.project_out.bias"));
-    FTX_RETURN_IF_ERROR(LinearBackward(ctx, stack_out_.view<float>(), w,
-                                       d_final_in, buffer, d_w, d_b));
+    FTX_RETURN_IF_ERROR(projection_backward(
+        "project_out", stack_out_.view<float>(), d_final_in, buffer));
     d_stack_out = buffer;
   }
   FTX_ASSIGN_OR_RETURN(TensorView<float> d_stack_in,
@@ -1386,14 +1395,8 @@ absl::Status LinearAttentionTransformerLM::Backward(
   if (projected) {
     FTX_ASSIGN_OR_RETURN(TensorView<float> buffer,
                          Buffer(d_embedded_, emb_shape));
-    FTX_ASSIGN_OR_RETURN(TensorView<float> w,
-                         store.Value("transformer.project_in.weight"));
-    FTX_ASSIGN_OR_RETURN(TensorView<float> d_w,
-                         store.Grad("transformer.project_in.weight"));
-    FTX_ASSIGN_OR_RETURN(TensorView<float> d_b,
-                         store.Grad("transformer.project_in.bias"));
-    FTX_RETURN_IF_ERROR(LinearBackward(ctx, embedded_.view<float>(), w,
-                                       d_stack_in, buffer, d_w, d_b));
+    FTX_RETURN_IF_ERROR(projection_backward(
+        "project_in", embedded_.view<float>(), d_stack_in, buffer));
     d_embedded = buffer;
   }
   if (!c.use_rotary_emb && c.use_axial_pos_emb) {
