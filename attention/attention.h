@@ -76,6 +76,10 @@ struct AttentionCache {
 struct ParamShape {
   std::string name;
   Shape shape;
+  // false for a buffer: state saved and loaded with the weights (performer's
+  // FAVOR projections, BatchNorm running statistics) that the optimizer never
+  // updates and no gradient reaches.
+  bool trainable = true;
 };
 
 // A trainable tensor owned by a mechanism (e.g. talking-heads mixing matrices,

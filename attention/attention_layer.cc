@@ -421,6 +421,7 @@ absl::Status AttentionLayer::Forward(const Context& ctx,
                                     params.key_bias, MergeHeads(keys)));
   FTX_RETURN_IF_ERROR(LinearForward(ctx, source, params.value_weight,
                                     params.value_bias, MergeHeads(values)));
+  if (projection_observer_) projection_observer_(queries, keys, values);
   if (qk_transform_ != nullptr) {
     FTX_RETURN_IF_ERROR(qk_transform_->Forward(ctx, queries, 0));
     FTX_RETURN_IF_ERROR(qk_transform_->Forward(ctx, keys, 0));

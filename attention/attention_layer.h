@@ -33,13 +33,21 @@
 // out_projection.*, plus memory_keys [H, M, E] and memory_values [H, M, D] when
 // num_memory_kv > 0. Gradient convention: d_x and d_context written (=),
 // parameter gradients (+=).
+//
+// An optional projection observer (SetProjectionObserver) receives Q [N, L, H,
+// E], K [N, S, Hkv, E] and V [N, S, Hkv, D] right after the projections
+// (before any Q/K transform or memory kv) on every Forward, where
+// fast-transformers 0.4.0's AttentionLayer dispatches its QKVEvent
+// (models/ft_events.h).
 #ifndef FTX_ATTENTION_ATTENTION_LAYER_H_
 #define FTX_ATTENTION_ATTENTION_LAYER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -132,6 +140,12 @@ struct AttentionLayerCache {
 
 class AttentionLayer {
  public:
+  // Receives the projected queries, keys and values (contiguous views valid
+  // during the call only).
+  using ProjectionObserver = std::function<void(
+      TensorView<const float> queries, TensorView<const float> keys,
+      TensorView<const float> values)>;
+
   // InvalidArgument for inconsistent dimensions (e.g. n_heads not divisible by
   // kv_heads, d_model not divisible by n_heads when d_keys is 0).
   static absl::StatusOr<std::unique_ptr<AttentionLayer>> Create(
@@ -140,6 +154,10 @@ class AttentionLayer {
 
   const AttentionLayerConfig& config() const { return config_; }
   Attention& inner() { return *inner_; }
+  // Called by every later Forward until replaced; nullptr removes it.
+  void SetProjectionObserver(ProjectionObserver observer) {
+    projection_observer_ = std::move(observer);
+  }
 
   // The parameters this layer needs, in state_dict order; the option
   // parameters (head_scale_params, to_v_gate.*, qk_norm_scale,
@@ -196,6 +214,7 @@ class AttentionLayer {
   std::optional<QkNorm> qk_norm_;
   std::optional<ValueGating> value_gate_;
   std::optional<AttentionOnAttention> on_attn_;
+  ProjectionObserver projection_observer_;
   AttentionLayerCache scratch_;
   std::vector<Tensor> grad_scratch_;
   Tensor padded_mask_;

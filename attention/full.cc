@@ -181,6 +181,13 @@ absl::Status FullAttention::Forward(const Context& ctx,
     FTX_RETURN_IF_ERROR(MatMul(ctx, attended.Select(0, h),
                                inputs.values.Select(2, h), out.Select(2, h)));
   }
+  if (probability_observer_) {
+    // [H, N, L, S] seen as [N, H, L, S].
+    const int64_t plane = dims.queries * dims.keys;
+    probability_observer_(TensorView<const float>(
+        attended.data(), {dims.batch, dims.heads, dims.queries, dims.keys},
+        Strides{plane, dims.batch * plane, dims.keys, 1}, attended.device()));
+  }
   return absl::OkStatus();
 }
 

@@ -23,11 +23,18 @@
 // backward adds d_current (the gradient of `current` from later layers) to
 // the logit gradient and writes the sum to d_previous.
 //
+// An optional probability observer (SetProbabilityObserver) receives P after
+// dropout as a [N, H, L, S] view (strided over this mechanism's [H, N, L, S]
+// buffer) on every Forward, as fast-transformers 0.4.0 dispatches its
+// AttentionEvent (models/ft_events.h); without one nothing extra is done.
+//
 // Cost: O(N H L S E) time, O(N H L S) memory for the saved probabilities.
 #ifndef FTX_ATTENTION_FULL_H_
 #define FTX_ATTENTION_FULL_H_
 
+#include <functional>
 #include <optional>
+#include <utility>
 
 #include "attention/attention.h"
 
@@ -40,6 +47,11 @@ struct FullAttentionOptions {
 
 class FullAttention : public Attention {
  public:
+  // Receives the attention matrix P [N, H, L, S] (after dropout; a strided
+  // view valid during the call only).
+  using ProbabilityObserver =
+      std::function<void(TensorView<const float> probabilities)>;
+
   explicit FullAttention(const FullAttentionOptions& options = {})
       : options_(options) {}
 
@@ -61,6 +73,10 @@ class FullAttention : public Attention {
     residual_d_current_ = d_current;
     residual_d_previous_ = d_previous;
   }
+  // Called by every later Forward until replaced; nullptr removes it.
+  void SetProbabilityObserver(ProbabilityObserver observer) {
+    probability_observer_ = std::move(observer);
+  }
   const FullAttentionOptions& options() const { return options_; }
   bool SupportsHeadBias() const override { return true; }
 
@@ -80,6 +96,7 @@ class FullAttention : public Attention {
   }
 
   FullAttentionOptions options_;
+  ProbabilityObserver probability_observer_;
   // Armed residual-attention views (empty when off).
   TensorView<const float> residual_previous_;
   TensorView<float> residual_current_;

@@ -110,6 +110,8 @@ absl::Status RecurrentFullAttention::Step(const Context& ctx,
   const int64_t E = dims.qk_dim, D = dims.value_dim;
   const float temp = SoftmaxTemperature(softmax_temp_, E);
   const int64_t steps = ++cache->steps_;
+  const bool observed = static_cast<bool>(probability_observer_);
+  if (observed) probabilities_.resize(dims.batch * dims.heads * steps);
   ctx.pool().ParallelFor(dims.batch * dims.heads, [&](int64_t begin,
                                                       int64_t end) {
     std::vector<float> scores(steps);
@@ -137,9 +139,14 @@ absl::Status RecurrentFullAttention::Step(const Context& ctx,
       for (int64_t s = 0; s < steps; ++s) {
         const float weight = scores[s] / total;
         for (int64_t d = 0; d < D; ++d) o[d] += weight * values[s * D + d];
+        if (observed) probabilities_[nh * steps + s] = weight;
       }
     }
   });
+  if (observed) {
+    probability_observer_(TensorView<const float>(
+        probabilities_.data(), {dims.batch, dims.heads, steps}));
+  }
   return absl::OkStatus();
 }
 

@@ -15,8 +15,10 @@
 #define FTX_ATTENTION_RECURRENT_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -71,9 +73,15 @@ class RecurrentAttention {
 };
 
 // R "full": softmax(t q K^T) V over every key so far, t = softmax_temp or
-// 1/sqrt(E).
+// 1/sqrt(E). An optional probability observer receives each step's weights
+// A [N, H, steps] (fast-transformers 0.4.0's AttentionEvent layout, "nhs");
+// they are written out only while one is set.
 class RecurrentFullAttention : public RecurrentAttention {
  public:
+  // Receives A [N, H, steps], a view valid during the call only.
+  using ProbabilityObserver =
+      std::function<void(TensorView<const float> probabilities)>;
+
   explicit RecurrentFullAttention(
       std::optional<float> softmax_temp = std::nullopt)
       : softmax_temp_(softmax_temp) {}
@@ -82,9 +90,15 @@ class RecurrentFullAttention : public RecurrentAttention {
   absl::Status Step(const Context& ctx, TensorView<const float> query,
                     TensorView<const float> key, TensorView<const float> value,
                     TensorView<float> out, RecurrentState& state) override;
+  // Called by every later Step until replaced; nullptr removes it.
+  void SetProbabilityObserver(ProbabilityObserver observer) {
+    probability_observer_ = std::move(observer);
+  }
 
  private:
   std::optional<float> softmax_temp_;
+  ProbabilityObserver probability_observer_;
+  std::vector<float> probabilities_;  // [N, H, steps] while observed
 };
 
 // R "linear" / "causal-linear": out = phi(q) S / (phi(q) . z + eps) after

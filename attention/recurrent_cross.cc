@@ -124,6 +124,8 @@ absl::Status RecurrentCrossFullAttention::Step(const Context& ctx,
                 D = dims.value_dim;
   const float temp = SoftmaxTemperature(softmax_temp_, E);
   ++cache->steps_;
+  const bool observed = static_cast<bool>(probability_observer_);
+  if (observed) probabilities_.assign(dims.batch * S * H, 0.0f);
   ctx.pool().ParallelFor(dims.batch * H, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(S);
     for (int64_t nh = begin; nh < end; ++nh) {
@@ -151,9 +153,14 @@ absl::Status RecurrentCrossFullAttention::Step(const Context& ctx,
         const float* v = cache->values.data() + ((n * S + s) * H + h) * D;
         const float weight = scores[s] / total;
         for (int64_t d = 0; d < D; ++d) o[d] += weight * v[d];
+        if (observed) probabilities_[(n * S + s) * H + h] = weight;
       }
     }
   });
+  if (observed) {
+    probability_observer_(
+        TensorView<const float>(probabilities_.data(), {dims.batch, S, H}));
+  }
   return absl::OkStatus();
 }
 

@@ -13,8 +13,11 @@
 #ifndef FTX_ATTENTION_RECURRENT_CROSS_H_
 #define FTX_ATTENTION_RECURRENT_CROSS_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "attention/feature_map.h"
@@ -37,8 +40,15 @@ class RecurrentCrossAttention {
                             TensorView<float> out, RecurrentState& state) = 0;
 };
 
+// RC "full". An optional probability observer receives each step's weights
+// A [N, S, H] (fast-transformers 0.4.0's AttentionEvent layout, "nsh"; masked
+// keys 0); they are written out only while one is set.
 class RecurrentCrossFullAttention : public RecurrentCrossAttention {
  public:
+  // Receives A [N, S, H], a view valid during the call only.
+  using ProbabilityObserver =
+      std::function<void(TensorView<const float> probabilities)>;
+
   explicit RecurrentCrossFullAttention(
       std::optional<float> softmax_temp = std::nullopt)
       : softmax_temp_(softmax_temp) {}
@@ -49,9 +59,15 @@ class RecurrentCrossFullAttention : public RecurrentCrossAttention {
                     TensorView<const float> values,
                     const LengthMask& key_lengths, TensorView<float> out,
                     RecurrentState& state) override;
+  // Called by every later Step until replaced; nullptr removes it.
+  void SetProbabilityObserver(ProbabilityObserver observer) {
+    probability_observer_ = std::move(observer);
+  }
 
  private:
   std::optional<float> softmax_temp_;
+  ProbabilityObserver probability_observer_;
+  std::vector<float> probabilities_;  // [N, S, H] while observed
 };
 
 class RecurrentCrossLinearAttention : public RecurrentCrossAttention {

@@ -42,7 +42,8 @@ ProductKeyMemoryParams AsConst(const ProductKeyMemoryGrads& views) {
           views.values,     views.running_mean, views.running_var};
 }
 
-constexpr double kBatchNormEps = 1e-5;  // torch.nn.BatchNorm1d's default
+constexpr double kBatchNormEps = 1e-5;  // torch.nn.BatchNorm1d's defaults
+constexpr double kBatchNormMomentum = 0.1;
 
 }  // namespace
 
@@ -131,11 +132,52 @@ absl::Status ProductKeyMemory::InitParams(
   return norm_.InitParams(params.norm_weight, params.norm_bias);
 }
 
-absl::Status ProductKeyMemory::Forward(const Context& ctx,
-                                       const ProductKeyMemoryParams& params,
-                                       TensorView<const float> x,
-                                       TensorView<float> y,
-                                       ProductKeyMemoryCache* cache) {
+void ProductKeyMemory::NormaliseBatchNorm(
+    const ProductKeyMemoryParams& params,
+    const ProductKeyMemoryTraining& training, int64_t rows, int64_t width,
+    ProductKeyMemoryCache& saved) const {
+  saved.batch_statistics = training.training;
+  saved.mean.assign(width, 0.0);
+  saved.inverse_std.assign(width, 0.0);
+  const float* raw = saved.queries.data<float>();
+  float* normalised = saved.normalised.data<float>();
+  for (int64_t c = 0; c < width; ++c) {
+    double mean = params.running_mean.data()[c];
+    double variance = params.running_var.data()[c];
+    if (training.training) {
+      double sum = 0;
+      for (int64_t r = 0; r < rows; ++r) sum += raw[r * width + c];
+      mean = sum / rows;
+      double squares = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const double centred = raw[r * width + c] - mean;
+        squares += centred * centred;
+      }
+      variance = squares / rows;
+      float& running_mean = training.running_mean.data()[c];
+      float& running_var = training.running_var.data()[c];
+      running_mean =
+          static_cast<float>((1.0 - kBatchNormMomentum) * running_mean +
+                             kBatchNormMomentum * mean);
+      running_var = static_cast<float>(
+          (1.0 - kBatchNormMomentum) * running_var +
+          kBatchNormMomentum * squares / static_cast<double>(rows - 1));
+    }
+    const double inverse_std = 1.0 / std::sqrt(variance + kBatchNormEps);
+    saved.mean[c] = mean;
+    saved.inverse_std[c] = inverse_std;
+    const double gain = params.norm_weight.data()[c] * inverse_std;
+    for (int64_t r = 0; r < rows; ++r) {
+      normalised[r * width + c] = static_cast<float>(
+          (raw[r * width + c] - mean) * gain + params.norm_bias.data()[c]);
+    }
+  }
+}
+
+absl::Status ProductKeyMemory::Forward(
+    const Context& ctx, const ProductKeyMemoryParams& params,
+    TensorView<const float> x, TensorView<float> y,
+    ProductKeyMemoryCache* cache, const ProductKeyMemoryTraining& training) {
   if (ctx.device().type != DeviceType::kCpu) {
     return absl::UnimplementedError(
         absl::StrCat(kOp, ": only CPU contexts are supported"));
@@ -152,10 +194,31 @@ absl::Status ProductKeyMemory::Forward(const Context& ctx,
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": y must not overlap x"));
   }
+  const int64_t R = x.dim(0) * x.dim(1),
+                width = 2 * config_.heads * config_.key_dim;
+  if (training.training &&
+      config_.query_norm == PkmQueryNorm::kBatchNormRunning) {
+    if (R < 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kOp,
+          ": training mode needs more than 1 row (B * T) per channel for "
+          "the batch statistics, got x ",
+          x.shape().ToString()));
+    }
+    FTX_RETURN_IF_ERROR(CheckParam("training.running_mean",
+                                   training.running_mean, Shape({width})));
+    FTX_RETURN_IF_ERROR(CheckParam("training.running_var", training.running_var,
+                                   Shape({width})));
+  } else if (!IsAbsent(training.running_mean) ||
+             !IsAbsent(training.running_var)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kOp,
+        ": training.running_mean / running_var are only updated in "
+        "training mode with the batch-norm query norm"));
+  }
   ProductKeyMemoryCache& saved = cache != nullptr ? *cache : inference_cache_;
   const int64_t H = config_.heads, K = config_.num_keys, k = config_.topk;
   const int64_t Dh = config_.key_dim, C = config_.dim;
-  const int64_t R = x.dim(0) * x.dim(1), width = 2 * H * Dh;
   FTX_RETURN_IF_ERROR(EnsureTensor(saved.queries, {R, width}, ctx.device()));
   FTX_RETURN_IF_ERROR(EnsureTensor(saved.normalised, {R, width}, ctx.device()));
   FTX_RETURN_IF_ERROR(LinearForward(ctx, x.Reshape({R, C}), params.to_queries,
@@ -166,19 +229,7 @@ absl::Status ProductKeyMemory::Forward(const Context& ctx,
         saved.queries.view<const float>().Reshape({R * 2 * H, Dh}),
         saved.normalised.view<float>().Reshape({R * 2 * H, Dh}), &saved.norm));
   } else {
-    const float* raw = saved.queries.data<float>();
-    float* normalised = saved.normalised.data<float>();
-    for (int64_t c = 0; c < width; ++c) {
-      const double gain =
-          params.norm_weight.data()[c] /
-          std::sqrt(static_cast<double>(params.running_var.data()[c]) +
-                    kBatchNormEps);
-      for (int64_t r = 0; r < R; ++r) {
-        normalised[r * width + c] = static_cast<float>(
-            (raw[r * width + c] - params.running_mean.data()[c]) * gain +
-            params.norm_bias.data()[c]);
-      }
-    }
+    NormaliseBatchNorm(params, training, R, width, saved);
   }
   saved.half_index.assign(R * H * 2 * k, 0);
   saved.chosen.assign(R * H * k, 0);
@@ -232,6 +283,41 @@ absl::Status ProductKeyMemory::Forward(const Context& ctx,
   return absl::OkStatus();
 }
 
+void ProductKeyMemory::BatchNormBackward(const ProductKeyMemoryParams& params,
+                                         const ProductKeyMemoryCache& cache,
+                                         int64_t rows, int64_t width) {
+  const float* raw = cache.queries.data<float>();
+  const float* d_normalised = d_normalised_.data<float>();
+  float* d_raw = d_queries_.data<float>();
+  for (int64_t c = 0; c < width; ++c) {
+    const double inverse_std = cache.inverse_std[c];
+    const double gain = params.norm_weight.data()[c] * inverse_std;
+    if (!cache.batch_statistics) {
+      for (int64_t r = 0; r < rows; ++r) {
+        d_raw[r * width + c] =
+            static_cast<float>(d_normalised[r * width + c] * gain);
+      }
+      continue;
+    }
+    // With g = d_normalised * w and q_hat = (q - mean) * inverse_std:
+    // d_q = inverse_std (g - mean_r(g) - q_hat mean_r(g q_hat)).
+    double sum = 0, projected = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const double upstream = d_normalised[r * width + c];
+      sum += upstream;
+      projected +=
+          upstream * (raw[r * width + c] - cache.mean[c]) * inverse_std;
+    }
+    const double mean_sum = sum / rows, mean_projected = projected / rows;
+    for (int64_t r = 0; r < rows; ++r) {
+      const double q_hat = (raw[r * width + c] - cache.mean[c]) * inverse_std;
+      d_raw[r * width + c] =
+          static_cast<float>(gain * (d_normalised[r * width + c] - mean_sum -
+                                     q_hat * mean_projected));
+    }
+  }
+}
+
 absl::Status ProductKeyMemory::Backward(const Context& ctx,
                                         const ProductKeyMemoryParams& params,
                                         const ProductKeyMemoryCache& cache,
@@ -258,7 +344,9 @@ absl::Status ProductKeyMemory::Backward(const Context& ctx,
   const int64_t Dh = config_.key_dim, C = config_.dim;
   const int64_t R = x.dim(0) * x.dim(1), width = 2 * H * Dh;
   if (cache.normalised.shape() != Shape{R, width} ||
-      cache.chosen.size() != static_cast<size_t>(R * H * k)) {
+      cache.chosen.size() != static_cast<size_t>(R * H * k) ||
+      (config_.query_norm == PkmQueryNorm::kBatchNormRunning &&
+       cache.mean.size() != static_cast<size_t>(width))) {
     return absl::InvalidArgumentError(
         absl::StrCat(kOp, ": the cache does not come from Forward on this x"));
   }
@@ -323,20 +411,14 @@ absl::Status ProductKeyMemory::Backward(const Context& ctx,
         d_queries.view<float>().Reshape({R * 2 * H, Dh}), grads.norm_weight,
         grads.norm_bias));
   } else {
+    BatchNormBackward(params, cache, R, width);
     const float* raw = cache.queries.data<float>();
-    float* d_raw = d_queries.data<float>();
     for (int64_t c = 0; c < width; ++c) {
-      const double inverse_std =
-          1.0 / std::sqrt(static_cast<double>(params.running_var.data()[c]) +
-                          kBatchNormEps);
-      const double gain = params.norm_weight.data()[c] * inverse_std;
       double d_weight = 0, d_bias = 0;
       for (int64_t r = 0; r < R; ++r) {
         const double upstream = d_q[r * width + c];
-        d_raw[r * width + c] = static_cast<float>(upstream * gain);
-        d_weight += upstream *
-                    (raw[r * width + c] - params.running_mean.data()[c]) *
-                    inverse_std;
+        d_weight += upstream * (raw[r * width + c] - cache.mean[c]) *
+                    cache.inverse_std[c];
         d_bias += upstream;
       }
       grads.norm_weight.data()[c] += static_cast<float>(d_weight);

@@ -12,7 +12,15 @@
 //                                   kBatchNormRunning: BatchNorm1d(2 H d) per
 //                                   channel with its running statistics,
 //                                   (q - mean) / sqrt(var + 1e-5) * w + b
-//                                   (0.1.10, eval mode)
+//                                   (0.1.10, eval mode); in training mode
+//                                   (0.1.10 train()) mean and the biased
+//                                   var are those of the R = B T rows of
+//                                   the batch, and the running statistics
+//                                   are updated in place as torch does:
+//                                   running_mean = 0.9 running_mean +
+//                                   0.1 mean, running_var = 0.9
+//                                   running_var + 0.1 var R / (R - 1)
+//                                   (momentum 0.1, unbiased variance)
 //   s[p, h, n] = q[p, h] . keys[h, n, p]            keys [H, K, 2, d]
 //   (v_p, i_p) = topk_k(s[p, h, :])                 per half p
 //   z[a * k + c] = v_0[a] + v_1[c],  index = i_0[a] * K + i_1[c]
@@ -28,12 +36,14 @@
 // [H, K, 2, d], "values.weight" [K^2, C]. Initialisation: keys ~ N(0, 1/d) and
 // values ~ N(0, 1/C) (the package's init_ over the last axis), to_queries as
 // torch.nn.Linear, norm gains 1, biases 0, running mean 0 and variance 1.
-// Not supported: 0.1.10's training-mode batch statistics (and their running
-// update) and input_mask; 0.3.0's options that are off by default
-// (use_layernorm = False, pre_layernorm, differentiable_topk,
-// concat_values_and_combine, norm_output, non_competitive_gates, gumbel noise,
-// mem_trainable_mask). Dropouts are 0.
+// BatchNorm1d's step counter num_batches_tracked (an int64 buffer, unused with
+// momentum 0.1) is not kept. Not supported: 0.1.10's input_mask; 0.3.0's
+// options that are off by default (use_layernorm = False, pre_layernorm,
+// differentiable_topk, concat_values_and_combine, norm_output,
+// non_competitive_gates, gumbel noise, mem_trainable_mask). Dropouts are 0.
 //
+// Training-mode backward differentiates through the batch statistics:
+//   d_q = inv_std / R (R g - sum_r g - q_hat sum_r g q_hat),  g = d_norm w.
 // The top-k selections are piecewise constant: the backward differentiates
 // through the selected scores only, like torch.topk's. Ties are broken by the
 // lower index (torch leaves the order of ties unspecified).
@@ -60,7 +70,7 @@ namespace ftx {
 
 enum class PkmQueryNorm {
   kLayerNorm,         // product-key-memory 0.3.0
-  kBatchNormRunning,  // product-key-memory 0.1.10, eval mode
+  kBatchNormRunning,  // product-key-memory 0.1.10 BatchNorm1d (train / eval)
 };
 
 struct ProductKeyMemoryConfig {
@@ -88,11 +98,26 @@ struct ProductKeyMemoryTensors {
 using ProductKeyMemoryParams = ProductKeyMemoryTensors<const float>;
 using ProductKeyMemoryGrads = ProductKeyMemoryTensors<float>;
 
+// Training mode of Forward. For kBatchNormRunning the queries are
+// normalised with the batch statistics and running_mean / running_var
+// (the tensors of params.running_mean / running_var, [2 H d]) are updated in
+// place; they must be given. kLayerNorm computes the same in both modes
+// (dropouts are 0) and takes no running statistics.
+struct ProductKeyMemoryTraining {
+  bool training = false;
+  TensorView<float> running_mean;  // [2 H d], kBatchNormRunning
+  TensorView<float> running_var;   // [2 H d], kBatchNormRunning
+};
+
 // What Forward keeps for Backward (R = B * T rows).
 struct ProductKeyMemoryCache {
   Tensor queries;       // [R, 2 H d], before the norm
   Tensor normalised;    // [R, 2 H d], after it
   LayerNormCache norm;  // kLayerNorm: statistics of the R 2 H vectors
+  // kBatchNormRunning: the per-channel statistics Forward used, [2 H d]
+  // (running or batch), and whether they were the batch's.
+  bool batch_statistics = false;
+  std::vector<double> mean, inverse_std;
   std::vector<int64_t> half_index;  // [R, H, 2, k]: i_p
   std::vector<int64_t> chosen;      // [R, H, k]: a * k + c of each pick
   std::vector<float> weights;       // [R, H, k]: softmax w
@@ -116,9 +141,13 @@ class ProductKeyMemory {
                           const ProductKeyMemoryGrads& params) const;
 
   // x, y: [B, T, C] (y must not overlap x). cache may be null at inference.
+  // Training mode with kBatchNormRunning needs B T >= 2 (torch: more than 1
+  // value per channel) and the running statistics to update; InvalidArgument
+  // otherwise.
   absl::Status Forward(const Context& ctx, const ProductKeyMemoryParams& params,
                        TensorView<const float> x, TensorView<float> y,
-                       ProductKeyMemoryCache* cache);
+                       ProductKeyMemoryCache* cache,
+                       const ProductKeyMemoryTraining& training = {});
 
   // d_y, d_x: [B, T, C]; d_x written (=); grads accumulated (+=). cache: from
   // Forward on this x.
@@ -135,6 +164,16 @@ class ProductKeyMemory {
 
   absl::Status CheckParams(absl::string_view prefix,
                            const ProductKeyMemoryParams& params) const;
+  // kBatchNormRunning: saved.queries -> saved.normalised (rows x width) with
+  // the running or the batch statistics (then updating the running ones).
+  void NormaliseBatchNorm(const ProductKeyMemoryParams& params,
+                          const ProductKeyMemoryTraining& training,
+                          int64_t rows, int64_t width,
+                          ProductKeyMemoryCache& saved) const;
+  // kBatchNormRunning: d_normalised_ -> d_queries_ through the statistics.
+  void BatchNormBackward(const ProductKeyMemoryParams& params,
+                         const ProductKeyMemoryCache& cache, int64_t rows,
+                         int64_t width);
 
   ProductKeyMemoryConfig config_;
   LayerNormLayer norm_;

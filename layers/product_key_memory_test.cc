@@ -1,7 +1,9 @@
 // ProductKeyMemory: forward against a double reference of lucidrains
 // product-key-memory 0.3.0 PKM (LayerNorm queries, two sub-key top-k, top-k of
-// the k^2 sums, softmax, EmbeddingBag sum), central-difference gradients of x
-// and of every parameter, initialisation, bad arguments.
+// the k^2 sums, softmax, EmbeddingBag sum) and of 0.1.10's BatchNorm1d
+// queries in eval and training mode (batch statistics, running update),
+// central-difference gradients of x and of every parameter, initialisation,
+// bad arguments.
 #include "layers/product_key_memory.h"
 
 #include <algorithm>
@@ -34,18 +36,35 @@ std::vector<int64_t> TopK(const std::vector<double>& s, int64_t k) {
   return order;
 }
 
-std::vector<double> Reference(const Weights& w, const std::vector<double>& x) {
+// With training, the batch norm uses the statistics of the kB * kT rows
+// (biased variance) instead of the running ones.
+std::vector<double> Reference(const Weights& w, const std::vector<double>& x,
+                              bool training = false) {
+  constexpr int64_t kWidth = 2 * kH * kDh;
+  std::vector<double> queries(kB * kT * kWidth);
+  for (int64_t r = 0; r < kB * kT; ++r) {
+    for (int64_t o = 0; o < kWidth; ++o) {
+      for (int64_t c = 0; c < kC; ++c)
+        queries[r * kWidth + o] += x[r * kC + c] * w.to_queries[o * kC + c];
+    }
+  }
+  std::vector<double> mean = w.running_mean, var = w.running_var;
+  if (training && !w.running_mean.empty()) {
+    for (int64_t o = 0; o < kWidth; ++o) {
+      mean[o] = var[o] = 0;
+      for (int64_t r = 0; r < kB * kT; ++r)
+        mean[o] += queries[r * kWidth + o] / (kB * kT);
+      for (int64_t r = 0; r < kB * kT; ++r)
+        var[o] += std::pow(queries[r * kWidth + o] - mean[o], 2) / (kB * kT);
+    }
+  }
   std::vector<double> y(kB * kT * kC, 0.0);
   for (int64_t r = 0; r < kB * kT; ++r) {
-    std::vector<double> q(2 * kH * kDh);
-    for (int64_t o = 0; o < 2 * kH * kDh; ++o) {
-      for (int64_t c = 0; c < kC; ++c)
-        q[o] += x[r * kC + c] * w.to_queries[o * kC + c];
-    }
+    std::vector<double> q(queries.begin() + r * kWidth,
+                          queries.begin() + (r + 1) * kWidth);
     if (!w.running_mean.empty()) {
-      for (int64_t o = 0; o < 2 * kH * kDh; ++o) {
-        q[o] = (q[o] - w.running_mean[o]) / std::sqrt(w.running_var[o] + 1e-5) *
-                   w.norm_weight[o] +
+      for (int64_t o = 0; o < kWidth; ++o) {
+        q[o] = (q[o] - mean[o]) / std::sqrt(var[o] + 1e-5) * w.norm_weight[o] +
                w.norm_bias[o];
       }
     }
@@ -123,12 +142,36 @@ struct Floats {
   }
 };
 
+// torch's running update: momentum 0.1, the unbiased batch variance.
+void ExpectRunningUpdate(const Weights& w, const std::vector<double>& x,
+                         const std::vector<float>& running_mean,
+                         const std::vector<float>& running_var) {
+  constexpr int64_t kWidth = 2 * kH * kDh, kRows = kB * kT;
+  std::vector<double> expected_mean(kWidth), expected_var(kWidth);
+  for (int64_t o = 0; o < kWidth; ++o) {
+    std::vector<double> column(kRows);
+    double mean = 0;
+    for (int64_t r = 0; r < kRows; ++r) {
+      for (int64_t c = 0; c < kC; ++c)
+        column[r] += x[r * kC + c] * w.to_queries[o * kC + c];
+      mean += column[r] / kRows;
+    }
+    double unbiased = 0;
+    for (double value : column) unbiased += std::pow(value - mean, 2);
+    unbiased /= kRows - 1;
+    expected_mean[o] = 0.9 * w.running_mean[o] + 0.1 * mean;
+    expected_var[o] = 0.9 * w.running_var[o] + 0.1 * unbiased;
+  }
+  EXPECT_TRUE(testing::AllNear(running_mean, expected_mean, {1e-6, 1e-5}));
+  EXPECT_TRUE(testing::AllNear(running_var, expected_var, {1e-6, 1e-5}));
+}
+
 ProductKeyMemoryParams AsParams(const ProductKeyMemoryGrads& g) {
   return {g.to_queries, g.norm_weight,  g.norm_bias,  g.keys,
           g.values,     g.running_mean, g.running_var};
 }
 
-void CheckForwardBackward(PkmQueryNorm query_norm) {
+void CheckForwardBackward(PkmQueryNorm query_norm, bool training = false) {
   auto ctx = Context::Create({.num_threads = 1}).value();
   auto pkm = ProductKeyMemory::Create({.dim = kC,
                                        .heads = kH,
@@ -154,12 +197,25 @@ void CheckForwardBackward(PkmQueryNorm query_norm) {
   const std::vector<float> x = testing::RandomNormalVector(kB * kT * kC, 6);
   std::vector<float> y(x.size());
   ProductKeyMemoryCache cache;
+  // Training updates a copy of the running statistics, so the parameters
+  // below keep the values the reference reads.
+  std::vector<float> running_mean = params.running_mean;
+  std::vector<float> running_var = params.running_var;
+  ProductKeyMemoryTraining mode{.training = training};
+  if (training && batch_norm) {
+    mode.running_mean = TensorView<float>(running_mean.data(), {norm});
+    mode.running_var = TensorView<float>(running_var.data(), {norm});
+  }
   ASSERT_TRUE(pkm->Forward(*ctx, AsParams(params.Views()),
                            TensorView<const float>(x.data(), {kB, kT, kC}),
-                           TensorView<float>(y.data(), {kB, kT, kC}), &cache)
+                           TensorView<float>(y.data(), {kB, kT, kC}), &cache,
+                           mode)
                   .ok());
   const auto x64 = testing::Cast<double>(x);
-  EXPECT_TRUE(testing::AllNear(y, Reference(w, x64), {1e-5, 1e-4}));
+  EXPECT_TRUE(testing::AllNear(y, Reference(w, x64, training), {1e-5, 1e-4}));
+  if (training && batch_norm) {
+    ExpectRunningUpdate(w, x64, running_mean, running_var);
+  }
 
   const std::vector<float> d_y = testing::RandomUniformVector(y.size(), 7);
   std::vector<float> d_x(x.size());
@@ -179,15 +235,17 @@ void CheckForwardBackward(PkmQueryNorm query_norm) {
   const auto dy = testing::Cast<double>(d_y);
   const testing::Tolerance tolerance{1e-5, 1e-3};
   EXPECT_TRUE(testing::GradientMatches(
-      [&](const auto& v) { return testing::Dot(dy, Reference(w, v)); }, x64,
-      testing::Cast<double>(d_x), tolerance));
+      [&](const auto& v) {
+        return testing::Dot(dy, Reference(w, v, training));
+      },
+      x64, testing::Cast<double>(d_x), tolerance));
   auto check = [&](std::vector<double> Weights::*member,
                    const std::vector<float>& grad) {
     EXPECT_TRUE(testing::GradientMatches(
         [&](const auto& v) {
           Weights varied = w;
           varied.*member = v;
-          return testing::Dot(dy, Reference(varied, x64));
+          return testing::Dot(dy, Reference(varied, x64, training));
         },
         w.*member, testing::Cast<double>(grad), tolerance));
   };
@@ -204,6 +262,14 @@ TEST(ProductKeyMemoryTest, LayerNormQueriesForwardBackward) {
 
 TEST(ProductKeyMemoryTest, RunningBatchNormQueriesForwardBackward) {
   CheckForwardBackward(PkmQueryNorm::kBatchNormRunning);
+}
+
+TEST(ProductKeyMemoryTest, TrainingBatchNormQueriesForwardBackward) {
+  CheckForwardBackward(PkmQueryNorm::kBatchNormRunning, /*training=*/true);
+}
+
+TEST(ProductKeyMemoryTest, TrainingLayerNormQueriesMatchEval) {
+  CheckForwardBackward(PkmQueryNorm::kLayerNorm, /*training=*/true);
 }
 
 TEST(ProductKeyMemoryTest, NamesAndInitialisation) {
@@ -258,6 +324,49 @@ TEST(ProductKeyMemoryTest, BadArgumentsAreInvalidArgument) {
                    TensorView<float>(buffer.data() + 32, {1, 2, kC}), nullptr)
           .code(),
       absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ProductKeyMemoryTest, BadTrainingArgumentsAreInvalidArgument) {
+  auto ctx = Context::Create({.num_threads = 1}).value();
+  auto pkm =
+      ProductKeyMemory::Create({.dim = kC,
+                                .heads = kH,
+                                .num_keys = kK,
+                                .topk = kTop,
+                                .key_dim = kDh,
+                                .query_norm = PkmQueryNorm::kBatchNormRunning});
+  ASSERT_TRUE(pkm.ok());
+  constexpr int64_t kWidth = 2 * kH * kDh;
+  Weights w{
+      std::vector<double>(kWidth * kC),  std::vector<double>(kWidth, 1.0),
+      std::vector<double>(kWidth),       std::vector<double>(kH * kK * 2 * kDh),
+      std::vector<double>(kK * kK * kC), std::vector<double>(kWidth),
+      std::vector<double>(kWidth, 1.0)};
+  Floats params(w);
+  std::vector<float> x(kB * kT * kC), y(x.size());
+  auto run = [&](int64_t rows, const ProductKeyMemoryTraining& mode) {
+    return pkm->Forward(*ctx, AsParams(params.Views()),
+                        TensorView<const float>(x.data(), {1, rows, kC}),
+                        TensorView<float>(y.data(), {1, rows, kC}), nullptr,
+                        mode);
+  };
+  const ProductKeyMemoryTraining missing{.training = true};
+  auto status = run(kT, missing);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("training.running_mean"), std::string::npos);
+  std::vector<float> mean(kWidth), var(kWidth, 1.0f);
+  const ProductKeyMemoryTraining given{
+      .training = true,
+      .running_mean = TensorView<float>(mean.data(), {kWidth}),
+      .running_var = TensorView<float>(var.data(), {kWidth})};
+  status = run(1, given);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("more than 1 row"), std::string::npos);
+  EXPECT_TRUE(run(kT, given).ok());
+  ProductKeyMemoryTraining eval_with_statistics = given;
+  eval_with_statistics.training = false;
+  EXPECT_EQ(run(kT, eval_with_statistics).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -196,7 +196,9 @@ absl::Status FtTransformerBuilderBase::Set(absl::string_view name,
     return absl::OkStatus();
   }
   if (name == "event_dispatcher") {
-    return Error(name, "is not supported: ftx has no event system");
+    FTX_ASSIGN_OR_RETURN(std::string key, need_string());
+    SetEventDispatcher(key);
+    return absl::OkStatus();
   }
   const bool self_type =
       decoder_ ? name == "self_attention_type" : name == "attention_type";
@@ -299,22 +301,22 @@ absl::Status FtDecoderBuilderBase::SetCrossModelDimensions(int64_t value) {
 
 absl::StatusOr<std::unique_ptr<FtTransformerEncoder>>
 TransformerEncoderBuilder::Get() const {
-  return FtTransformerEncoder::Create(Config(), registry());
+  return WithEvents(FtTransformerEncoder::Create(Config(), registry()));
 }
 
 absl::StatusOr<std::unique_ptr<FtRecurrentEncoder>>
 RecurrentEncoderBuilder::Get() const {
-  return FtRecurrentEncoder::Create(Config(), registry());
+  return WithEvents(FtRecurrentEncoder::Create(Config(), registry()));
 }
 
 absl::StatusOr<std::unique_ptr<FtTransformerDecoder>>
 TransformerDecoderBuilder::Get() const {
-  return FtTransformerDecoder::Create(Config(), registry());
+  return WithEvents(FtTransformerDecoder::Create(Config(), registry()));
 }
 
 absl::StatusOr<std::unique_ptr<FtRecurrentDecoder>>
 RecurrentDecoderBuilder::Get() const {
-  return FtRecurrentDecoder::Create(Config(), registry());
+  return WithEvents(FtRecurrentDecoder::Create(Config(), registry()));
 }
 
 }  // namespace ftx

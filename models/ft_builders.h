@@ -15,6 +15,10 @@
 //   cross_n_heads, cross_query_dimensions, cross_value_dimensions (default
 //   the self-attention values), cross_model_dimensions (the memory width,
 //   default cross_n_heads * cross_value_dimensions);
+//   event_dispatcher "" (a string naming a shared dispatcher,
+//   FtEventDispatcher::Get(key) in models/ft_events.h, "" the default one, as
+//   fast-transformers' EventDispatcher.get; SetEventDispatcher also takes a
+//   dispatcher object) is given to every built model (its SetEventDispatcher);
 //   ftx only: seed (parameter initialisation, default 0).
 // model_dimensions and the cross_* keywords are those of fast-transformers'
 // GitHub HEAD (2ad36b9); the 0.4.0 release on PyPI lacks them (its d_model is
@@ -26,8 +30,7 @@
 // query_dimensions also reaches mechanisms that declare it ("linear").
 // Attention types are registry names or compositions ("conditional-full:
 // linear"); recurrent builders need a recurrent form (and a recurrent cross
-// form for cross_attention_type). event_dispatcher is rejected: ftx has no
-// event system.
+// form for cross_attention_type).
 //
 // Errors are absl::Status (fast-transformers raises ValueError /
 // AttributeError): InvalidArgument naming the keyword and the bad value.
@@ -45,11 +48,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "attention/registry.h"
+#include "models/ft_events.h"
 #include "models/ft_transformers.h"
 
 namespace ftx {
@@ -75,6 +80,14 @@ class FtTransformerBuilderBase {
   absl::Status SetActivation(absl::string_view value);
   void SetFinalNormalization(bool value) { final_normalization_ = value; }
   void SetSeed(uint64_t value) { seed_ = value; }
+  // event_dispatcher: the shared dispatcher named `key` (FtEventDispatcher::
+  // Get(key)), or a given one (a null one builds models without events).
+  void SetEventDispatcher(absl::string_view key) {
+    event_dispatcher_ = FtEventDispatcher::Get(key);
+  }
+  void SetEventDispatcher(std::shared_ptr<FtEventDispatcher> dispatcher) {
+    event_dispatcher_ = std::move(dispatcher);
+  }
 
   int64_t n_layers() const { return n_layers_; }
   int64_t n_heads() const { return n_heads_; }
@@ -87,6 +100,9 @@ class FtTransformerBuilderBase {
   double dropout() const { return dropout_; }
   const std::string& activation() const { return activation_; }
   bool final_normalization() const { return final_normalization_; }
+  const std::shared_ptr<FtEventDispatcher>& event_dispatcher() const {
+    return event_dispatcher_;
+  }
   const std::map<std::string, OptionValue>& attention_options() const {
     return attention_options_;
   }
@@ -106,6 +122,13 @@ class FtTransformerBuilderBase {
                                   absl::string_view type, bool cross) const;
   absl::Status Error(absl::string_view keyword,
                      absl::string_view message) const;
+  // `model` with this builder's event dispatcher.
+  template <typename Model>
+  absl::StatusOr<std::unique_ptr<Model>> WithEvents(
+      absl::StatusOr<std::unique_ptr<Model>> model) const {
+    if (model.ok()) (*model)->SetEventDispatcher(event_dispatcher_);
+    return model;
+  }
 
   std::string attention_type_ = "full";  // self_attention_type for decoders
   std::string cross_attention_type_ = "full";
@@ -132,6 +155,8 @@ class FtTransformerBuilderBase {
   std::string activation_ = "relu";
   bool final_normalization_ = true;
   uint64_t seed_ = 0;
+  std::shared_ptr<FtEventDispatcher> event_dispatcher_ =
+      FtEventDispatcher::Get();
   std::map<std::string, OptionValue> attention_options_;
 };
 

@@ -79,7 +79,7 @@ TEST_F(FtBuildersTest, SettersRejectBadValuesNamingThem) {
   ExpectInvalid(builder.Set("n_layers", std::string("two")), "n_layers");
   ExpectInvalid(builder.Set("final_normalization", int64_t{1}),
                 "final_normalization");
-  ExpectInvalid(builder.Set("event_dispatcher", std::string("")),
+  ExpectInvalid(builder.Set("event_dispatcher", int64_t{1}),
                 "event_dispatcher");
   ExpectInvalid(builder.Set("no_such_option", 1.0), "no_such_option");
   ExpectInvalid(builder.Set("attention_dropout", std::string("x")),
@@ -95,6 +95,34 @@ TEST_F(FtBuildersTest, SettersRejectBadValuesNamingThem) {
   ExpectInvalid(recurrent_decoder.SetCrossAttentionType("causal-linear"),
                 "recurrent cross");
   ExpectInvalid(recurrent_decoder.SetCrossNHeads(0), "cross_n_heads");
+}
+
+TEST_F(FtBuildersTest, EventDispatcherIsSharedByKeyOrGiven) {
+  TransformerEncoderBuilder builder(registry_);
+  EXPECT_EQ(builder.event_dispatcher(), FtEventDispatcher::Get(""));
+  ASSERT_TRUE(builder
+                  .FromDictionary(R"({"n_layers": 1, "n_heads": 2,
+      "query_dimensions": 4, "value_dimensions": 4,
+      "feed_forward_dimensions": 8, "event_dispatcher": "builders_test"})")
+                  .ok());
+  EXPECT_EQ(builder.event_dispatcher(),
+            FtEventDispatcher::Get("builders_test"));
+  auto encoder = builder.Get();
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  EXPECT_EQ((*encoder)->event_dispatcher(),
+            FtEventDispatcher::Get("builders_test"));
+
+  auto own = std::make_shared<FtEventDispatcher>();
+  RecurrentDecoderBuilder decoder(registry_);
+  decoder.SetEventDispatcher(own);
+  ASSERT_TRUE(decoder.SetNLayers(1).ok());
+  auto recurrent = decoder.Get();
+  ASSERT_TRUE(recurrent.ok()) << recurrent.status();
+  EXPECT_EQ((*recurrent)->event_dispatcher(), own);
+  decoder.SetEventDispatcher(std::shared_ptr<FtEventDispatcher>());
+  recurrent = decoder.Get();
+  ASSERT_TRUE(recurrent.ok()) << recurrent.status();
+  EXPECT_EQ((*recurrent)->event_dispatcher(), nullptr);
 }
 
 TEST_F(FtBuildersTest, FromDictionaryNamesBadKeys) {

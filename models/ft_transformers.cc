@@ -9,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "attention/attention_layer.h"
 #include "attention/builder.h"
+#include "attention/full.h"
 #include "attention/recurrent_cross.h"
 #include "kernels/base/rng.h"
 #include "kernels/base/status_macros.h"
@@ -161,6 +162,14 @@ class FtStack {
                     const LengthMask& memory_lengths, FtRecurrentState& state,
                     TensorView<float> y);
 
+  void SetEventDispatcher(std::shared_ptr<FtEventDispatcher> dispatcher) {
+    ArmObservers(false);
+    dispatcher_ = std::move(dispatcher);
+  }
+  const std::shared_ptr<FtEventDispatcher>& event_dispatcher() const {
+    return dispatcher_;
+  }
+
  private:
   struct Sublayer {
     Kind kind = Kind::kFeedForward;
@@ -169,6 +178,13 @@ class FtStack {
     std::unique_ptr<AttentionLayer> attention;
     std::unique_ptr<RecurrentAttention> recurrent;
     std::unique_ptr<RecurrentCrossAttention> recurrent_cross;
+    // Event sources: the attention layer ("layers.{i}.attention") and its
+    // mechanism ("layers.{i}.attention.inner_attention"), and the "full"
+    // mechanisms that dispatch attention events (null for other types).
+    std::string layer_name, inner_name;
+    FullAttention* full = nullptr;
+    RecurrentFullAttention* recurrent_full = nullptr;
+    RecurrentCrossFullAttention* recurrent_cross_full = nullptr;
     // Forward activations: the block output (after dropout), the residual
     // sum (norm input), the feed-forward's linear1 output and its activation
     // after dropout (linear2 input).
@@ -180,6 +196,18 @@ class FtStack {
   FtStack(const FtTransformerConfig& config, bool decoder,
           LayerNormLayer layer_norm)
       : config_(config), decoder_(decoder), layer_norm_(layer_norm) {}
+
+  // Whether this call dispatches events: there is a dispatcher with
+  // listeners. Arms (or disarms) the attention observers to match.
+  bool PrepareEvents();
+  void ArmObservers(bool armed);
+  void Dispatch(const FtEvent& event) const { dispatcher_->Dispatch(event); }
+  void DispatchIntermediateOutput(TensorView<const float> x) const {
+    FtEvent event;
+    event.kind = FtEventKind::kIntermediateOutput;
+    event.x = x;
+    Dispatch(event);
+  }
 
   bool DropoutActive(bool training) const {
     return training && config_.dropout > 0.0f;
@@ -220,6 +248,8 @@ class FtStack {
   bool decoder_;
   LayerNormLayer layer_norm_;  // eps layer_norm_eps, shared by every norm
   std::vector<Sublayer> sublayers_;
+  std::shared_ptr<FtEventDispatcher> dispatcher_ = FtEventDispatcher::Get();
+  bool observers_armed_ = false;
   // Forward state: the input of every sublayer plus the stack output before
   // the final norm, [N, L, C] each; the last call's memory and inputs.
   std::vector<Tensor> activations_;
@@ -268,6 +298,8 @@ absl::StatusOr<std::unique_ptr<FtStack>> FtStack::Create(
       sub.block = prefix + (cross     ? "cross_attention."
                             : decoder ? "self_attention."
                                       : "attention.");
+      sub.layer_name = sub.block.substr(0, sub.block.size() - 1);
+      sub.inner_name = sub.layer_name + ".inner_attention";
       AttentionLayerConfig attention;
       attention.d_model = config.d_model;
       attention.n_heads = cross ? cross_heads : config.n_heads;
@@ -290,6 +322,11 @@ absl::StatusOr<std::unique_ptr<FtStack>> FtStack::Create(
       }
       FTX_ASSIGN_OR_RETURN(sub.attention,
                            AttentionLayer::Create(attention, std::move(inner)));
+      sub.full = dynamic_cast<FullAttention*>(&sub.attention->inner());
+      sub.recurrent_full =
+          dynamic_cast<RecurrentFullAttention*>(sub.recurrent.get());
+      sub.recurrent_cross_full =
+          dynamic_cast<RecurrentCrossFullAttention*>(sub.recurrent_cross.get());
       stack->sublayers_.push_back(std::move(sub));
     }
   }
@@ -355,6 +392,58 @@ absl::Status FtStack::InitParams(const Context& ctx, ParamStore& store) const {
                                     {.seed = SubSeed(config_.seed, index++)}));
   }
   return absl::OkStatus();
+}
+
+bool FtStack::PrepareEvents() {
+  const bool observe = dispatcher_ != nullptr && dispatcher_->HasListeners();
+  ArmObservers(observe);
+  return observe;
+}
+
+void FtStack::ArmObservers(bool armed) {
+  if (armed == observers_armed_) return;
+  observers_armed_ = armed;
+  for (const Sublayer& sub : sublayers_) {
+    if (sub.kind == Kind::kFeedForward) continue;
+    const Sublayer* source = &sub;
+    auto on_probabilities = [this, source](TensorView<const float> matrix) {
+      FtEvent event;
+      event.kind = FtEventKind::kAttention;
+      event.source = source->inner_name;
+      event.attention_matrix = matrix;
+      Dispatch(event);
+    };
+    if (!armed) {
+      sub.attention->SetProjectionObserver(nullptr);
+      if (sub.full != nullptr) sub.full->SetProbabilityObserver(nullptr);
+      if (sub.recurrent_full != nullptr) {
+        sub.recurrent_full->SetProbabilityObserver(nullptr);
+      }
+      if (sub.recurrent_cross_full != nullptr) {
+        sub.recurrent_cross_full->SetProbabilityObserver(nullptr);
+      }
+      continue;
+    }
+    sub.attention->SetProjectionObserver(
+        [this, source](TensorView<const float> queries,
+                       TensorView<const float> keys,
+                       TensorView<const float> values) {
+          FtEvent event;
+          event.kind = FtEventKind::kQkv;
+          event.source = source->layer_name;
+          event.queries = queries;
+          event.keys = keys;
+          event.values = values;
+          Dispatch(event);
+        });
+    if (sub.full != nullptr) sub.full->SetProbabilityObserver(on_probabilities);
+    if (sub.recurrent_full != nullptr) {
+      sub.recurrent_full->SetProbabilityObserver(on_probabilities);
+    }
+    if (sub.recurrent_cross_full != nullptr) {
+      sub.recurrent_cross_full->SetProbabilityObserver(on_probabilities);
+    }
+  }
 }
 
 AttentionLayerMasks FtStack::MasksOf(const Sublayer& sub, size_t index,
@@ -482,6 +571,7 @@ absl::Status FtStack::Forward(const Context& ctx, ParamStore& store,
           memory_dim(), "] tensor, got ", memory.shape().ToString()));
     }
   }
+  const bool events = PrepareEvents();
   const Shape shape = x.shape();
   const size_t count = sublayers_.size();
   activations_.resize(count + 1);
@@ -518,6 +608,9 @@ absl::Status FtStack::Forward(const Context& ctx, ParamStore& store,
                          Buffer(activations_[i + 1], shape));
     FTX_RETURN_IF_ERROR(
         NormForward(ctx, store, sub.norm, sum, output, &sub.norm_cache));
+    if (events && sub.kind == Kind::kFeedForward) {
+      DispatchIntermediateOutput(output);
+    }
   }
   TensorView<const float> stack_out = activations_[count].view<float>();
   if (config_.final_normalization) {
@@ -697,6 +790,7 @@ absl::Status FtStack::Step(const Context& ctx, ParamStore& store,
     FTX_RETURN_IF_ERROR(
         memory_lengths.Validate(op, "memory_lengths", N, memory.dim(1)));
   }
+  const bool events = PrepareEvents();
   const Shape shape{N, C};
   FTX_ASSIGN_OR_RETURN(TensorView<float> current,
                        Buffer(state.current_, shape));
@@ -762,6 +856,9 @@ absl::Status FtStack::Step(const Context& ctx, ParamStore& store,
     Add(ctx, current, branch, sum);
     FTX_RETURN_IF_ERROR(NormForward(ctx, store, sub.norm, sum, current,
                                     /*cache=*/nullptr));
+    if (events && sub.kind == Kind::kFeedForward) {
+      DispatchIntermediateOutput(current);
+    }
   }
   if (config_.final_normalization) {
     FTX_RETURN_IF_ERROR(
@@ -797,6 +894,14 @@ const FtTransformerConfig& FtTransformerEncoder::config() const {
 }
 std::vector<ParamShape> FtTransformerEncoder::ParamShapes() const {
   return stack_->ParamShapes();
+}
+void FtTransformerEncoder::SetEventDispatcher(
+    std::shared_ptr<FtEventDispatcher> dispatcher) {
+  stack_->SetEventDispatcher(std::move(dispatcher));
+}
+const std::shared_ptr<FtEventDispatcher>&
+FtTransformerEncoder::event_dispatcher() const {
+  return stack_->event_dispatcher();
 }
 absl::Status FtTransformerEncoder::InitParams(const Context& ctx,
                                               ParamStore& store) const {
@@ -847,6 +952,14 @@ const FtTransformerConfig& FtTransformerDecoder::config() const {
 std::vector<ParamShape> FtTransformerDecoder::ParamShapes() const {
   return stack_->ParamShapes();
 }
+void FtTransformerDecoder::SetEventDispatcher(
+    std::shared_ptr<FtEventDispatcher> dispatcher) {
+  stack_->SetEventDispatcher(std::move(dispatcher));
+}
+const std::shared_ptr<FtEventDispatcher>&
+FtTransformerDecoder::event_dispatcher() const {
+  return stack_->event_dispatcher();
+}
 absl::Status FtTransformerDecoder::InitParams(const Context& ctx,
                                               ParamStore& store) const {
   return stack_->InitParams(ctx, store);
@@ -888,6 +1001,14 @@ const FtTransformerConfig& FtRecurrentEncoder::config() const {
 std::vector<ParamShape> FtRecurrentEncoder::ParamShapes() const {
   return stack_->ParamShapes();
 }
+void FtRecurrentEncoder::SetEventDispatcher(
+    std::shared_ptr<FtEventDispatcher> dispatcher) {
+  stack_->SetEventDispatcher(std::move(dispatcher));
+}
+const std::shared_ptr<FtEventDispatcher>& FtRecurrentEncoder::event_dispatcher()
+    const {
+  return stack_->event_dispatcher();
+}
 absl::Status FtRecurrentEncoder::InitParams(const Context& ctx,
                                             ParamStore& store) const {
   return stack_->InitParams(ctx, store);
@@ -924,6 +1045,14 @@ const FtTransformerConfig& FtRecurrentDecoder::config() const {
 }
 std::vector<ParamShape> FtRecurrentDecoder::ParamShapes() const {
   return stack_->ParamShapes();
+}
+void FtRecurrentDecoder::SetEventDispatcher(
+    std::shared_ptr<FtEventDispatcher> dispatcher) {
+  stack_->SetEventDispatcher(std::move(dispatcher));
+}
+const std::shared_ptr<FtEventDispatcher>& FtRecurrentDecoder::event_dispatcher()
+    const {
+  return stack_->event_dispatcher();
 }
 absl::Status FtRecurrentDecoder::InitParams(const Context& ctx,
                                             ParamStore& store) const {

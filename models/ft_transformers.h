@@ -47,6 +47,23 @@
 // ParamStore. InitParams follows torch: Linear weights and biases
 // U(-1/sqrt(fan_in), 1/sqrt(fan_in)), LayerNorm ones / zeros.
 //
+// Events (fast-transformers' event system, models/ft_events.h): every model
+// dispatches to an FtEventDispatcher, by default the shared
+// FtEventDispatcher::Get("") as fast-transformers' modules do
+// (SetEventDispatcher replaces it; null turns events off). While the
+// dispatcher has listeners, Forward dispatches per attention sublayer a kQkv
+// event from "layers.{i}.attention" ("layers.{i}.self_attention",
+// "layers.{i}.cross_attention" in decoders) after the projections, then, where
+// the mechanism is "full", a kAttention event with its [N, H, L, S] matrix from
+// "<that name>.inner_attention"; Step dispatches the kAttention events of the
+// recurrent "full" mechanisms ([N, H, steps] self, [N, S, H] cross; 0.4.0's
+// recurrent attention layers dispatch no QKV event). After every layer both
+// dispatch a kIntermediateOutput event from "" with the layer output ([N, L, C]
+// or [N, C]), as fast-transformers' GitHub HEAD does (0.4.0 has no such
+// event). Mechanisms other than a plain "full" dispatch no attention event
+// (fast-transformers' "conditional-full" would dispatch from its full
+// branch). Without listeners nothing is materialised or dispatched.
+//
 // Gradient convention: Backward writes d_x and d_memory (=) and accumulates
 // every parameter gradient into the ParamStore (+=). CPU contexts only
 // (Unimplemented otherwise).
@@ -78,6 +95,7 @@
 #include "kernels/base/context.h"
 #include "kernels/base/tensor.h"
 #include "kernels/base/tensor_view.h"
+#include "models/ft_events.h"
 #include "models/param_store.h"
 
 namespace ftx {
@@ -146,6 +164,10 @@ class FtTransformerEncoder {
   const FtTransformerConfig& config() const;
   std::vector<ParamShape> ParamShapes() const;
   absl::Status InitParams(const Context& ctx, ParamStore& store) const;
+  // The dispatcher of this model's events (see the top of this file); null
+  // turns events off.
+  void SetEventDispatcher(std::shared_ptr<FtEventDispatcher> dispatcher);
+  const std::shared_ptr<FtEventDispatcher>& event_dispatcher() const;
 
   // x, y: contiguous [N, L, C] (y may not overlap x).
   absl::Status Forward(const Context& ctx, ParamStore& store,
@@ -169,6 +191,10 @@ class FtTransformerDecoder {
   const FtTransformerConfig& config() const;
   std::vector<ParamShape> ParamShapes() const;
   absl::Status InitParams(const Context& ctx, ParamStore& store) const;
+  // The dispatcher of this model's events (see the top of this file); null
+  // turns events off.
+  void SetEventDispatcher(std::shared_ptr<FtEventDispatcher> dispatcher);
+  const std::shared_ptr<FtEventDispatcher>& event_dispatcher() const;
 
   // x, y: [N, L, C]; memory: [N, S, memory_dim], kept alive until Backward.
   absl::Status Forward(const Context& ctx, ParamStore& store,
@@ -224,6 +250,10 @@ class FtRecurrentEncoder {
   const FtTransformerConfig& config() const;
   std::vector<ParamShape> ParamShapes() const;
   absl::Status InitParams(const Context& ctx, ParamStore& store) const;
+  // The dispatcher of this model's events (see the top of this file); null
+  // turns events off.
+  void SetEventDispatcher(std::shared_ptr<FtEventDispatcher> dispatcher);
+  const std::shared_ptr<FtEventDispatcher>& event_dispatcher() const;
 
   FtRecurrentState NewState() const;
   // x, y: contiguous [N, C], one position of every sequence (eval mode).
@@ -248,6 +278,10 @@ class FtRecurrentDecoder {
   const FtTransformerConfig& config() const;
   std::vector<ParamShape> ParamShapes() const;
   absl::Status InitParams(const Context& ctx, ParamStore& store) const;
+  // The dispatcher of this model's events (see the top of this file); null
+  // turns events off.
+  void SetEventDispatcher(std::shared_ptr<FtEventDispatcher> dispatcher);
+  const std::shared_ptr<FtEventDispatcher>& event_dispatcher() const;
 
   FtRecurrentState NewState() const;
   // x, y: [N, C]; memory: [N, S, memory_dim] and memory_lengths, read on the

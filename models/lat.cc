@@ -200,14 +200,37 @@ absl::Status ValidateLatConfig(const LatConfig& c) {
                  absl::StrCat(c.pkm_topk));
     }
   }
-  if (c.attend_axially) {
-    return absl::UnimplementedError(
-        "LatConfig.attend_axially: FoldAxially layers are not ported to ftx");
+  if (c.attend_axially && c.dim % c.heads != 0) {
+    return Bad("dim",
+               absl::StrCat("divisible by heads (", c.heads,
+                            ") with attend_axially (LAT's axial "
+                            "SelfAttention uses dim / heads per head)"),
+               absl::StrCat(c.dim));
   }
-  if (c.context_linformer_k != 0) {
-    return absl::UnimplementedError(
-        "LatConfig.context_linformer_k: Linformer context attention "
-        "(LinformerContextSettings) is not ported to ftx");
+  if (c.attend_axially && c.use_rotary_emb) {
+    return Bad("use_rotary_emb",
+               "false with attend_axially (LAT hands the [T, dim_head] rotary "
+               "table to the folded [T / window, dim / heads] axial attention, "
+               "which fails)",
+               "true");
+  }
+  if (c.context_linformer_k < 0) {
+    return Bad("context_linformer_k", ">= 0",
+               absl::StrCat(c.context_linformer_k));
+  }
+  if (c.context_linformer_k > 0) {
+    if (c.context_linformer_seq_len < 1) {
+      return Bad("context_linformer_seq_len",
+                 ">= 1 with context_linformer_k (LinformerContextSettings)",
+                 absl::StrCat(c.context_linformer_seq_len));
+    }
+    if (c.dim % c.heads != 0) {
+      return Bad("dim",
+                 absl::StrCat("divisible by heads (", c.heads,
+                              ") with context_linformer_k (linformer "
+                              "asserts it)"),
+                 absl::StrCat(c.dim));
+    }
   }
   return absl::OkStatus();
 }
@@ -222,8 +245,10 @@ class LatBranch final : public Block {
     kLinformer,
     kContextAttention,
     kFeedForward,
-    kContextFeedForward,
-    kProductKeyMemory
+    kContextFeedForward,  // also the FF of the attend_axially pair
+    kProductKeyMemory,
+    kAxialAttention,   // FoldAxially(window, SelfAttention(dim, heads, causal))
+    kContextLinformer  // LinformerSelfAttention over the context
   };
 
   LatBranch(const LatConfig& config, Kind kind, int64_t layer, int64_t index,
@@ -239,7 +264,8 @@ class LatBranch final : public Block {
                          LayerNormLayer::Create({.dim = config_.dim}));
     norm_.emplace(norm);
     const bool main_pair =
-        kind_ != Kind::kContextAttention && kind_ != Kind::kContextFeedForward;
+        kind_ == Kind::kSelfAttention || kind_ == Kind::kLinformer ||
+        kind_ == Kind::kFeedForward || kind_ == Kind::kProductKeyMemory;
     if (config_.shift_tokens && main_pair) {
       FTX_ASSIGN_OR_RETURN(
           ShiftTokens shift,
@@ -249,12 +275,15 @@ class LatBranch final : public Block {
     }
     switch (kind_) {
       case Kind::kSelfAttention:
-      case Kind::kContextAttention: {
+      case Kind::kContextAttention:
+      case Kind::kAxialAttention: {
         MixedLocalLinearOptions options;
         if (kind_ == Kind::kSelfAttention) {
           options.n_local_attn_heads = config_.LocalHeads(layer_);
           options.causal = config_.causal;
           options.blindspot_size = config_.blindspot_size;
+        } else if (kind_ == Kind::kAxialAttention) {
+          options.causal = config_.causal;  // LAT passes no blindspot_size
         }
         options.local_attn_window_size = config_.local_attn_window_size;
         options.attention_dropout = config_.attn_dropout;
@@ -272,14 +301,15 @@ class LatBranch final : public Block {
             AttentionLayer::Create(
                 {.d_model = config_.dim,
                  .n_heads = config_.heads,
-                 .d_keys = config_.dim_head,
-                 .d_values = config_.dim_head,
+                 .d_keys = HeadDim(),
+                 .d_values = HeadDim(),
                  .bias = false},
                 std::make_unique<MixedLocalLinearAttention>(options),
                 std::move(rotary)));
         break;
       }
       case Kind::kLinformer:
+      case Kind::kContextLinformer:
         full_.emplace(FullAttentionOptions{
             .softmax_temp =
                 1.0f / std::sqrt(static_cast<float>(config_.dim_head)),
@@ -314,11 +344,13 @@ class LatBranch final : public Block {
     return absl::OkStatus();
   }
 
-  bool is_context_attention() const { return kind_ == Kind::kContextAttention; }
+  bool is_context_attention() const {
+    return kind_ == Kind::kContextAttention || kind_ == Kind::kContextLinformer;
+  }
 
   // Parameter names relative to the stack.
   std::vector<ParamShape> ParamShapes() const {
-    const int64_t inner = config_.heads * config_.dim_head;
+    const int64_t inner = config_.heads * HeadDim();
     const int64_t c = config_.dim;
     std::vector<ParamShape> shapes = {{NormName("weight"), {c}},
                                       {NormName("bias"), {c}}};
@@ -327,11 +359,13 @@ class LatBranch final : public Block {
     };
     switch (kind_) {
       case Kind::kLinformer:
-        add("proj_k", {config_.max_seq_len, config_.linformer_k});
-        add("proj_v", {config_.max_seq_len, config_.linformer_k});
+      case Kind::kContextLinformer:
+        add("proj_k", {LinformerSeqLen(), LinformerK()});
+        add("proj_v", {LinformerSeqLen(), LinformerK()});
         [[fallthrough]];
       case Kind::kSelfAttention:
       case Kind::kContextAttention:
+      case Kind::kAxialAttention:
         add("to_q.weight", {inner, c});
         add("to_k.weight", {inner, c});
         add("to_v.weight", {inner, c});
@@ -375,14 +409,14 @@ class LatBranch final : public Block {
       FTX_ASSIGN_OR_RETURN(ProductKeyMemoryGrads views, PkmViews(false));
       return pkm_->InitParams(ctx, SubSeed(seed, tensor_index++), views);
     }
-    if (kind_ == Kind::kLinformer) {
+    if (kind_ == Kind::kLinformer || kind_ == Kind::kContextLinformer) {
       for (const char* name : {"proj_k", "proj_v"}) {
         FTX_ASSIGN_OR_RETURN(TensorView<float> value, Value(name));
-        FTX_RETURN_IF_ERROR(FillLinear(ctx, value, config_.linformer_k,
+        FTX_RETURN_IF_ERROR(FillLinear(ctx, value, LinformerK(),
                                        SubSeed(seed, tensor_index++)));
       }
     }
-    const int64_t inner = config_.heads * config_.dim_head;
+    const int64_t inner = config_.heads * HeadDim();
     for (const char* name : {"to_q.weight", "to_k.weight", "to_v.weight"}) {
       FTX_ASSIGN_OR_RETURN(TensorView<float> value, Value(name));
       FTX_RETURN_IF_ERROR(
@@ -430,7 +464,11 @@ class LatBranch final : public Block {
         FTX_RETURN_IF_ERROR(AttentionForward(ctx, h, y, save));
         break;
       case Kind::kLinformer:
+      case Kind::kContextLinformer:
         FTX_RETURN_IF_ERROR(LinformerForward(ctx, h, y, save));
+        break;
+      case Kind::kAxialAttention:
+        FTX_RETURN_IF_ERROR(AxialForward(ctx, h, y, save));
         break;
       case Kind::kFeedForward:
       case Kind::kContextFeedForward: {
@@ -442,8 +480,16 @@ class LatBranch final : public Block {
       }
       case Kind::kProductKeyMemory: {
         FTX_ASSIGN_OR_RETURN(ProductKeyMemoryGrads views, PkmViews(false));
+        // Training mode normalises the queries with the batch statistics and
+        // updates the running ones in the store (LAT's module.train()).
+        ProductKeyMemoryTraining mode;
+        if (inputs_ != nullptr && inputs_->training) {
+          mode = {.training = true,
+                  .running_mean = views.running_mean,
+                  .running_var = views.running_var};
+        }
         FTX_RETURN_IF_ERROR(pkm_->Forward(ctx, ConstViews(views), h, y,
-                                          save ? &pkm_cache_ : nullptr));
+                                          save ? &pkm_cache_ : nullptr, mode));
         break;
       }
     }
@@ -462,7 +508,11 @@ class LatBranch final : public Block {
         FTX_RETURN_IF_ERROR(AttentionBackward(ctx, h, d_y, d_h));
         break;
       case Kind::kLinformer:
+      case Kind::kContextLinformer:
         FTX_RETURN_IF_ERROR(LinformerBackward(ctx, h, d_y, d_h));
+        break;
+      case Kind::kAxialAttention:
+        FTX_RETURN_IF_ERROR(AxialBackward(ctx, h, d_y, d_h));
         break;
       case Kind::kFeedForward:
       case Kind::kContextFeedForward: {
@@ -507,10 +557,12 @@ class LatBranch final : public Block {
   std::string NormName(const char* name) const {
     return relative_prefix_ + NormSuffix(name);
   }
-  // "fn." (PreNorm) [+ "fn." (PreShiftTokens)] [+ "fn." (Chunk)] + name.
+  // "fn." (PreNorm) [+ "fn." (PreShiftTokens)] [+ "fn." (Chunk or
+  // FoldAxially)] + name.
   std::string FnSuffix(const std::string& name) const {
-    const bool chunked =
-        kind_ == Kind::kFeedForward || kind_ == Kind::kContextFeedForward;
+    const bool chunked = kind_ == Kind::kFeedForward ||
+                         kind_ == Kind::kContextFeedForward ||
+                         kind_ == Kind::kAxialAttention;
     return absl::StrCat("fn.", shift_.has_value() ? "fn." : "",
                         chunked ? "fn." : "", name);
   }
@@ -588,12 +640,40 @@ class LatBranch final : public Block {
     return views;
   }
 
+  // Per-head width: LAT's axial SelfAttention gets no dim_head.
+  int64_t HeadDim() const {
+    return kind_ == Kind::kAxialAttention ? config_.dim / config_.heads
+                                          : config_.dim_head;
+  }
+  int64_t LinformerK() const {
+    return kind_ == Kind::kContextLinformer ? config_.context_linformer_k
+                                            : config_.linformer_k;
+  }
+  // Rows of proj_k / proj_v: the longest key / value sequence.
+  int64_t LinformerSeqLen() const {
+    return kind_ == Kind::kContextLinformer ? config_.context_linformer_seq_len
+                                            : config_.max_seq_len;
+  }
+
   AttentionLayerMasks Masks() const {
     AttentionLayerMasks masks;
     if (inputs_ != nullptr) {
       masks.key_lengths = kind_ == Kind::kContextAttention
                               ? inputs_->context_lengths
                               : inputs_->lengths;
+      if (kind_ == Kind::kAxialAttention && !masks.key_lengths.full()) {
+        // FoldAxially folds a length-L mask of position t = j * window + c
+        // into a prefix of ceil((L - c) / window) positions of column c.
+        const int64_t window = config_.local_attn_window_size;
+        std::vector<int64_t> folded;
+        for (int64_t length : inputs_->lengths.lengths) {
+          for (int64_t column = 0; column < window; ++column) {
+            folded.push_back(
+                std::max<int64_t>(0, (length - column + window - 1) / window));
+          }
+        }
+        masks.key_lengths.lengths = std::move(folded);
+      }
       masks.training = inputs_->training;
       masks.seed = SubSeed(inputs_->seed, index_);
     }
@@ -606,9 +686,12 @@ class LatBranch final : public Block {
                : TensorView<const float>();
   }
 
+  // LinformerSelfAttention has no dropout after to_out (LAT hands it
+  // attn_dropout, for the attention weights).
   bool OutDropoutActive() const {
     return inputs_ != nullptr && inputs_->training &&
-           config_.attn_layer_dropout > 0.0f;
+           config_.attn_layer_dropout > 0.0f && kind_ != Kind::kLinformer &&
+           kind_ != Kind::kContextLinformer;
   }
   DropoutOptions OutDropout() const {
     return {.p = config_.attn_layer_dropout,
@@ -668,27 +751,105 @@ class LatBranch final : public Block {
                                 attention_cache_, d_pre, d_h, d_context, grads);
   }
 
+  // FoldAxially: from[b, j * window + c] <-> to[b * window + c, j] for
+  // from [B, T, C] and to [B window, T / window, C] (unfold: the reverse).
+  void Fold(TensorView<const float> from, TensorView<float> to,
+            bool unfold) const {
+    const int64_t window = config_.local_attn_window_size;
+    const int64_t batch = unfold ? from.dim(0) / window : from.dim(0);
+    const int64_t rows = unfold ? from.dim(1) : from.dim(1) / window;
+    const int64_t c = config_.dim;
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t j = 0; j < rows; ++j) {
+        for (int64_t column = 0; column < window; ++column) {
+          const int64_t sequence = (b * rows + j) * window + column;
+          const int64_t folded = (b * window + column) * rows + j;
+          const float* source = from.data() + (unfold ? folded : sequence) * c;
+          std::copy(source, source + c,
+                    to.data() + (unfold ? sequence : folded) * c);
+        }
+      }
+    }
+  }
+
+  absl::Status AxialForward(const Context& ctx, TensorView<const float> h,
+                            TensorView<float> y, bool save) {
+    const int64_t window = config_.local_attn_window_size;
+    const int64_t batch = h.dim(0), length = h.dim(1);
+    if (length % window != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "LinearAttentionTransformer: attend_axially folds the sequence into "
+          "local_attn_window_size = ",
+          window, " columns; the (padded) length ", length,
+          " is not a multiple of it"));
+    }
+    const Shape folded_shape({batch * window, length / window, config_.dim});
+    FTX_ASSIGN_OR_RETURN(TensorView<float> folded_h,
+                         Buffer(axial_[0], folded_shape));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> folded_y,
+                         Buffer(axial_[1], folded_shape));
+    Fold(h, folded_h, /*unfold=*/false);
+    FTX_ASSIGN_OR_RETURN(AttentionLayerParams params,
+                         AttentionViews<AttentionLayerParams>(false));
+    FTX_RETURN_IF_ERROR(
+        attention_->Forward(ctx, params, folded_h, {}, Masks(), folded_y,
+                            save ? &attention_cache_ : nullptr));
+    Fold(folded_y, y, /*unfold=*/true);
+    return FinishOutput(ctx, y);
+  }
+
+  absl::Status AxialBackward(const Context& ctx, TensorView<const float> h,
+                             TensorView<const float> d_y,
+                             TensorView<float> d_h) {
+    FTX_ASSIGN_OR_RETURN(TensorView<const float> d_pre,
+                         StartBackward(ctx, d_y));
+    FTX_ASSIGN_OR_RETURN(AttentionLayerParams params,
+                         AttentionViews<AttentionLayerParams>(false));
+    FTX_ASSIGN_OR_RETURN(AttentionLayerGrads grads,
+                         AttentionViews<AttentionLayerGrads>(true));
+    const TensorView<const float> folded_h = axial_[0].view<float>();
+    FTX_ASSIGN_OR_RETURN(TensorView<float> folded_d_y,
+                         Buffer(axial_[1], folded_h.shape()));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> folded_d_h,
+                         Buffer(axial_[2], folded_h.shape()));
+    Fold(d_pre, folded_d_y, /*unfold=*/false);
+    FTX_RETURN_IF_ERROR(attention_->Backward(ctx, params, folded_h, {}, Masks(),
+                                             attention_cache_, folded_d_y,
+                                             folded_d_h, {}, grads));
+    Fold(folded_d_h, d_h, /*unfold=*/true);
+    return absl::OkStatus();
+  }
+
+  // The keys / values input of a Linformer branch: the context or h.
+  TensorView<const float> LinformerSource(TensorView<const float> h) const {
+    return kind_ == Kind::kContextLinformer ? inputs_->context : h;
+  }
+
   // LinformerSelfAttention (lucidrains linformer 0.2.3), see lat.h.
   absl::Status LinformerForward(const Context& ctx, TensorView<const float> h,
                                 TensorView<float> y, bool save) {
     const int64_t batch = h.dim(0), length = h.dim(1);
     const int64_t heads = config_.heads, dh = config_.dim_head;
-    const int64_t k = config_.linformer_k;
-    if (length > config_.max_seq_len) {
+    const int64_t k = LinformerK();
+    const TensorView<const float> source = LinformerSource(h);
+    const int64_t kv_length = source.dim(1);
+    if (kv_length > LinformerSeqLen()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "LinformerSelfAttention: the sequence length of the key / values ",
-          "must be at most max_seq_len = ", config_.max_seq_len, ", got ",
-          length));
+          "must be at most ",
+          kind_ == Kind::kContextLinformer ? "context_linformer_seq_len"
+                                           : "max_seq_len",
+          " = ", LinformerSeqLen(), ", got ", kv_length));
     }
     FTX_ASSIGN_OR_RETURN(
         TensorView<float> q,
         Buffer(linformer_[0], Shape({batch, length, heads * dh})));
     FTX_ASSIGN_OR_RETURN(
         TensorView<float> keys,
-        Buffer(linformer_[1], Shape({batch, length, heads * dh})));
+        Buffer(linformer_[1], Shape({batch, kv_length, heads * dh})));
     FTX_ASSIGN_OR_RETURN(
         TensorView<float> values,
-        Buffer(linformer_[2], Shape({batch, length, heads * dh})));
+        Buffer(linformer_[2], Shape({batch, kv_length, heads * dh})));
     FTX_ASSIGN_OR_RETURN(TensorView<float> projected_keys,
                          Buffer(linformer_[3], Shape({batch, k, heads * dh})));
     FTX_ASSIGN_OR_RETURN(TensorView<float> projected_values,
@@ -703,12 +864,12 @@ class LatBranch final : public Block {
     FTX_ASSIGN_OR_RETURN(TensorView<float> proj_k, Value("proj_k"));
     FTX_ASSIGN_OR_RETURN(TensorView<float> proj_v, Value("proj_v"));
     FTX_RETURN_IF_ERROR(LinearForward(ctx, h, wq, {}, q));
-    FTX_RETURN_IF_ERROR(LinearForward(ctx, h, wk, {}, keys));
-    FTX_RETURN_IF_ERROR(LinearForward(ctx, h, wv, {}, values));
-    // K' = P[:T]^T K per batch item: [k, T] x [T, H dh].
-    FTX_RETURN_IF_ERROR(MatMul(ctx, proj_k.Slice(0, 0, length), keys,
+    FTX_RETURN_IF_ERROR(LinearForward(ctx, source, wk, {}, keys));
+    FTX_RETURN_IF_ERROR(LinearForward(ctx, source, wv, {}, values));
+    // K' = P[:S]^T K per batch item: [k, S] x [S, H dh].
+    FTX_RETURN_IF_ERROR(MatMul(ctx, proj_k.Slice(0, 0, kv_length), keys,
                                projected_keys, {.transpose_a = true}));
-    FTX_RETURN_IF_ERROR(MatMul(ctx, proj_v.Slice(0, 0, length), values,
+    FTX_RETURN_IF_ERROR(MatMul(ctx, proj_v.Slice(0, 0, kv_length), values,
                                projected_values, {.transpose_a = true}));
     const AttentionInputs inputs = LinformerInputs();
     FTX_RETURN_IF_ERROR(full_->Forward(
@@ -722,7 +883,7 @@ class LatBranch final : public Block {
     const TensorView<const float> q = linformer_[0].view<float>();
     const int64_t batch = q.dim(0), length = q.dim(1);
     const int64_t heads = config_.heads, dh = config_.dim_head;
-    const int64_t k = config_.linformer_k;
+    const int64_t k = LinformerK();
     AttentionInputs inputs;
     inputs.queries = q.Reshape(Shape({batch, length, heads, dh}));
     inputs.keys =
@@ -741,17 +902,20 @@ class LatBranch final : public Block {
                          StartBackward(ctx, d_y));
     const int64_t batch = h.dim(0), length = h.dim(1);
     const int64_t heads = config_.heads, dh = config_.dim_head;
-    const int64_t k = config_.linformer_k;
+    const int64_t k = LinformerK();
+    const TensorView<const float> source = LinformerSource(h);
+    const int64_t kv_length = source.dim(1);
     const Shape rows({batch, length, heads * dh});
+    const Shape kv_rows({batch, kv_length, heads * dh});
     const Shape projected({batch, k, heads * dh});
     FTX_ASSIGN_OR_RETURN(TensorView<float> d_attended,
                          Buffer(linformer_grads_[0], rows));
     FTX_ASSIGN_OR_RETURN(TensorView<float> d_q,
                          Buffer(linformer_grads_[1], rows));
     FTX_ASSIGN_OR_RETURN(TensorView<float> d_keys,
-                         Buffer(linformer_grads_[2], rows));
+                         Buffer(linformer_grads_[2], kv_rows));
     FTX_ASSIGN_OR_RETURN(TensorView<float> d_values,
-                         Buffer(linformer_grads_[3], rows));
+                         Buffer(linformer_grads_[3], kv_rows));
     FTX_ASSIGN_OR_RETURN(TensorView<float> d_projected_keys,
                          Buffer(linformer_grads_[4], projected));
     FTX_ASSIGN_OR_RETURN(TensorView<float> d_projected_values,
@@ -778,17 +942,24 @@ class LatBranch final : public Block {
          .d_keys = d_projected_keys.Reshape(projected_heads),
          .d_values = d_projected_values.Reshape(projected_heads)}));
     FTX_RETURN_IF_ERROR(MatMulBackward(
-        ctx, proj_k.Slice(0, 0, length), linformer_[1].view<float>(),
-        d_projected_keys, d_proj_k.Slice(0, 0, length), d_keys,
+        ctx, proj_k.Slice(0, 0, kv_length), linformer_[1].view<float>(),
+        d_projected_keys, d_proj_k.Slice(0, 0, kv_length), d_keys,
         {.transpose_a = true}, {.accumulate_a = true}));
     FTX_RETURN_IF_ERROR(MatMulBackward(
-        ctx, proj_v.Slice(0, 0, length), linformer_[2].view<float>(),
-        d_projected_values, d_proj_v.Slice(0, 0, length), d_values,
+        ctx, proj_v.Slice(0, 0, kv_length), linformer_[2].view<float>(),
+        d_projected_values, d_proj_v.Slice(0, 0, kv_length), d_values,
         {.transpose_a = true}, {.accumulate_a = true}));
     FTX_RETURN_IF_ERROR(LinearBackward(ctx, h, wq, d_q, d_h, d_wq, {}));
-    FTX_RETURN_IF_ERROR(LinearBackward(ctx, h, wk, d_keys, d_h, d_wk, {},
-                                       {.accumulate_input_grad = true}));
-    return LinearBackward(ctx, h, wv, d_values, d_h, d_wv, {},
+    // Keys and values come from the context (d_context_, =) or from h (+=).
+    const bool context = kind_ == Kind::kContextLinformer;
+    TensorView<float> d_source = d_h;
+    if (context) {
+      FTX_ASSIGN_OR_RETURN(d_source, Buffer(d_context_, source.shape()));
+    }
+    FTX_RETURN_IF_ERROR(LinearBackward(ctx, source, wk, d_keys, d_source, d_wk,
+                                       {},
+                                       {.accumulate_input_grad = !context}));
+    return LinearBackward(ctx, source, wv, d_values, d_source, d_wv, {},
                           {.accumulate_input_grad = true});
   }
 
@@ -817,6 +988,8 @@ class LatBranch final : public Block {
   // Linformer: q, keys, values, projected keys and values, attended.
   Tensor linformer_[6];
   Tensor linformer_grads_[6];
+  // Axial: folded h, folded y (then folded d_y), folded d_h.
+  Tensor axial_[3];
   Tensor d_h_, d_unshifted_, d_dropped_, d_context_;
 };
 
@@ -858,9 +1031,16 @@ absl::Status LinearAttentionTransformer::Build() {
         layer,
         config_.linformer_k > 0 ? Kind::kLinformer : Kind::kSelfAttention,
         config_.UsesPkm(layer) ? Kind::kProductKeyMemory : Kind::kFeedForward));
-    if (config_.receives_context) {
+    if (config_.attend_axially) {
       FTX_RETURN_IF_ERROR(
-          add_pair(layer, Kind::kContextAttention, Kind::kContextFeedForward));
+          add_pair(layer, Kind::kAxialAttention, Kind::kContextFeedForward));
+    }
+    if (config_.receives_context) {
+      FTX_RETURN_IF_ERROR(add_pair(layer,
+                                   config_.context_linformer_k > 0
+                                       ? Kind::kContextLinformer
+                                       : Kind::kContextAttention,
+                                   Kind::kContextFeedForward));
     }
   }
   if (config_.reversible) {
@@ -914,13 +1094,6 @@ absl::Status LinearAttentionTransformer::Forward(
   if (ctx.device().type == DeviceType::kCuda) {
     return absl::UnimplementedError(
         "LinearAttentionTransformer: CUDA is not supported");
-  }
-  if (inputs.training && !config_.pkm_layers.empty()) {
-    return absl::UnimplementedError(
-        "LinearAttentionTransformer: training mode with pkm_layers is not "
-        "supported (PKM's BatchNorm1d batch statistics and running update are "
-        "not ported); run with training = false, which uses the running "
-        "statistics as LAT's eval mode does");
   }
   if (x.rank() != 3 || x.dim(2) != config_.dim || !x.IsContiguous() ||
       x.data() == nullptr) {
@@ -1834,6 +2007,33 @@ absl::Status ReadIntList(const Json& value, const std::string& key,
   return absl::OkStatus();
 }
 
+// LAT's LinformerSettings(k) / LinformerContextSettings(seq_len, k): an
+// object with those fields, or null for none.
+absl::Status ReadLinformerSettings(const Json& value, const std::string& key,
+                                   LatConfig& c) {
+  const bool context = key == "context_linformer_settings";
+  int64_t& k = context ? c.context_linformer_k : c.linformer_k;
+  if (value.is_null()) {
+    k = 0;
+    return absl::OkStatus();
+  }
+  const char* expected =
+      context ? "null or an object {\"seq_len\": int, \"k\": int}"
+              : "null or an object {\"k\": int}";
+  if (!value.is_object()) return JsonTypeError(key, expected);
+  for (const auto& [field, number] : value.items()) {
+    if (!number.is_number_integer()) return JsonTypeError(key, expected);
+    if (field == "k") {
+      k = number.get<int64_t>();
+    } else if (context && field == "seq_len") {
+      c.context_linformer_seq_len = number.get<int64_t>();
+    } else {
+      return JsonTypeError(key, expected);
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<LatConfig> LatConfigFromJson(absl::string_view json) {
@@ -1856,6 +2056,7 @@ absl::StatusOr<LatConfig> LatConfigFromJson(absl::string_view json) {
       {"local_attn_window_size", &c.local_attn_window_size},
       {"linformer_k", &c.linformer_k},
       {"context_linformer_k", &c.context_linformer_k},
+      {"context_linformer_seq_len", &c.context_linformer_seq_len},
       {"pkm_heads", &c.pkm_heads},
       {"pkm_num_keys", &c.pkm_num_keys},
       {"pkm_topk", &c.pkm_topk},
@@ -1887,6 +2088,9 @@ absl::StatusOr<LatConfig> LatConfigFromJson(absl::string_view json) {
       *it->second = value.get<float>();
     } else if (key == "n_local_attn_heads") {
       FTX_RETURN_IF_ERROR(ReadIntList(value, key, c.n_local_attn_heads));
+    } else if (key == "linformer_settings" ||
+               key == "context_linformer_settings") {
+      FTX_RETURN_IF_ERROR(ReadLinformerSettings(value, key, c));
     } else if (key == "pkm_layers") {
       FTX_RETURN_IF_ERROR(ReadIntList(value, key, c.pkm_layers));
     } else if (key == "seed") {

@@ -23,15 +23,16 @@
 // none is given) padded with false, and the output keeps the first T
 // positions. Without padding the mask stays as given (none stays none).
 //
-// Stack: per depth a pair (f = PreNorm(attention), g = PreNorm(FF)) and, with
-// receives_context, a second pair (PreNorm(context attention),
-// PreNorm(context FF)). PreNorm is LayerNorm(dim) (eps 1e-5) on the branch
-// input; shift_tokens puts PreShiftTokens((1, 0, -1), or (1, 0) causal)
-// between the norm and the main pair's branches (LAT passes `input_mask`,
-// which PreShiftTokens does not read, so nothing is zeroed before a shift).
-// Sequential: x = x + f(x); x = x + g(x). Reversible: ReversibleSequence with
-// the mean merge (layers/reversible.h), which rebuilds activations in
-// backward.
+// Stack: per depth a pair (f = PreNorm(attention), g = PreNorm(FF)), with
+// attend_axially an axial pair (PreNorm(axial attention), PreNorm(context
+// FF)) and, with receives_context, a context pair (PreNorm(context
+// attention), PreNorm(context FF)), in that order. PreNorm is LayerNorm(dim)
+// (eps 1e-5) on the branch input; shift_tokens puts PreShiftTokens((1, 0, -1),
+// or (1, 0) causal) between the norm and the main pair's branches (LAT passes
+// `input_mask`, which PreShiftTokens does not read, so nothing is zeroed before
+// a shift). Sequential: x = x + f(x); x = x + g(x). Reversible:
+// ReversibleSequence with the mean merge (layers/reversible.h), which rebuilds
+// activations in backward.
 //   attention: SelfAttention = to_q, to_k, to_v (no bias), heads split
 //     [N, T, H, dim_head], rotary (use_rotary_emb), mixed local / global
 //     heads (attention/mixed_heads.h, causal, blindspot_size, the layer's
@@ -53,23 +54,38 @@
 //   context attention: SelfAttention(receives_context) = global non-causal
 //     linear attention (no local heads, no rotary) of x over the context
 //     [B, S, dim], context lengths as its key mask.
-//   context FF: FeedForward(dim, glu = ff_glu (act(first half) * second),
-//     dropout = ff_dropout), chunked.
+//     With context_linformer_k > 0 (LinformerContextSettings(seq_len, k)):
+//     LinformerSelfAttention(dim, seq_len, k, heads, dim_head) of x over the
+//     context: K' = P_k[:S]^T to_k(context), V' = P_v[:S]^T to_v(context)
+//     (P [seq_len, k], S <= seq_len), then as the Linformer above; the
+//     context mask is ignored, as in LAT.
+//   axial attention (attend_axially): FoldAxially(local_attn_window_size =
+//     W, SelfAttention(dim, heads, causal)): x [B, T, dim] is folded into W
+//     sequences [B W, T / W, dim], column c holding the positions c, c + W,
+//     c + 2 W, ..., and attended by global linear attention (causal: causal
+//     linear attention with blindspot 1) with dim / heads per head, no local
+//     heads and no rotary; the input mask folds into per-column lengths
+//     ceil((L - c) / W). T' must be a multiple of W (LAT's reshape; its
+//     Autopadder pads to W only with local heads). to_out bias and
+//     dropout(attn_layer_dropout) as the self-attention.
+//   context FF (also the axial pair's): FeedForward(dim, glu = ff_glu
+//     (act(first half) * second), dropout = ff_dropout), chunked.
 //   PKM: the main pair's FF of every layer numbered in pkm_layers (LAT counts
 //     layers from 1) is product-key-memory 0.1.10's PKM(dim)
 //     (layers/product_key_memory.h, PkmQueryNorm::kBatchNormRunning: the
-//     query BatchNorm1d with its running statistics, i.e. eval mode), not
+//     query BatchNorm1d; see training mode below), not
 //     chunked, and without the input mask (LAT routes input_mask to the
 //     attention branches only). LAT builds PKM(dim) with the package defaults
 //     (heads 4, num_keys 128, topk 32, dim_head 256) and does not pass its
 //     own pkm_num_keys argument on; ftx's pkm_heads, pkm_num_keys, pkm_topk
 //     and pkm_dim_head default to those values and match LAT at their
-//     defaults (a LAT config setting pkm_num_keys still has 128 keys). A
-//     training-mode Forward of a model with PKM layers is Unimplemented:
-//     BatchNorm1d's batch statistics and running update are not ported.
-//
-// Not supported (Unimplemented, naming the option): attend_axially,
-// context_linformer_settings, and training-mode PKM (above).
+//     defaults (a LAT config setting pkm_num_keys still has 128 keys).
+//     Training mode (LatInputs.training, LAT's module.train()) normalises the
+//     PKM queries with the batch statistics of the B T' rows (padding
+//     included, as in LAT) and updates running_mean / running_var in the
+//     ParamStore in place (momentum 0.1, unbiased variance); eval mode uses
+//     them. Reversible stacks re-run the PKM branch in backward, which, as in
+//     LAT's reversible.py, updates the running statistics a second time.
 //
 // Local heads follow local-attention 1.4.4 (attention/local.h; the parity
 // fixtures pin it), which masks padded queries as well as padded keys.
@@ -86,15 +102,18 @@
 //   transformer[.fn].layers.layers.{j}.0.norm.{weight,bias}
 //   transformer[.fn].layers.layers.{j}.0.fn[.fn].to_q.weight ... to_out.bias
 //   transformer[.fn].layers.layers.{j}.0.fn.proj_k, proj_v [max_seq_len, k]
+//     (context Linformer: [seq_len, k])
+//   transformer[.fn].layers.layers.{j}.0.fn.fn.to_q.weight ... to_out.bias
+//     axial attention ([dim, dim] projections), the extra ".fn" FoldAxially
 //   transformer[.fn].layers.layers.{j}.1.fn[.fn].fn.w1.{weight,bias}, w2.*
 //   transformer[.fn].layers.layers.{j}.1.fn[.fn].to_queries.weight,
 //     norm.fn.{weight,bias,running_mean,running_var}, keys, values.weight
 //                                                        PKM layers
 //   (reversible: layers.blocks.{j}.f.net.* and layers.blocks.{j}.g.net.*)
 //   norm.{weight,bias}, out.{weight,bias}
-// where j counts pairs (two per depth with receives_context) and the extra
-// ".fn" is PreShiftTokens. Linears use torch's U(+-1/sqrt(fan_in)) and the
-// Linformer projections U(+-1/sqrt(k)). The rotary tables (pos_emb.emb,
+// where j counts pairs (one to three per depth: main, axial, context) and the
+// extra ".fn" is PreShiftTokens. Linears use torch's U(+-1/sqrt(fan_in)) and
+// the Linformer projections U(+-1/sqrt(k)). The rotary tables (pos_emb.emb,
 // layer_pos_emb.emb) are buffers LAT saves; ftx recomputes them.
 //
 // Gradient convention: Backward accumulates every parameter gradient into the
@@ -158,10 +177,14 @@ struct LatConfig {
   int64_t pkm_heads = 4;
   int64_t pkm_num_keys = 128;
   int64_t pkm_topk = 32;
-  int64_t pkm_dim_head = 256;       // sub-keys of dim_head / 2
-  bool attend_axially = false;      // must be false (Unimplemented)
-  int64_t linformer_k = 0;          // LinformerSettings(k); 0 = none
-  int64_t context_linformer_k = 0;  // must be 0 (Unimplemented)
+  int64_t pkm_dim_head = 256;  // sub-keys of dim_head / 2
+  // Per layer, an extra pair of axial attention and FF (see the top).
+  bool attend_axially = false;
+  int64_t linformer_k = 0;  // LinformerSettings(k); 0 = none
+  // LinformerContextSettings(seq_len, k) of the context attention; k = 0 =
+  // none.
+  int64_t context_linformer_seq_len = 0;
+  int64_t context_linformer_k = 0;
   bool use_axial_pos_emb = true;
   bool use_rotary_emb = false;
   bool shift_tokens = false;
@@ -183,14 +206,17 @@ struct LatConfig {
 // InvalidArgument naming the first bad field (as LAT's asserts: heads and
 // local heads, max_seq_len divisible by the window when there are local
 // heads, no Linformer in causal models, pkm_layers in [1, depth], dim
-// divisible by pkm_heads, ...); Unimplemented for attend_axially and
-// context_linformer_k.
+// divisible by pkm_heads, dim divisible by heads with attend_axially or
+// context_linformer_k, no rotary with attend_axially, ...).
 absl::Status ValidateLatConfig(const LatConfig& config);
 
 // Reads a config from a JSON object whose keys are the LatConfig field names
 // (models/configs/linear_attention_lm.json); n_local_attn_heads and
 // pkm_layers take an integer or an array of integers; pkm_heads,
-// pkm_num_keys, pkm_topk and pkm_dim_head are integers. InvalidArgument for
+// pkm_num_keys, pkm_topk and pkm_dim_head are integers. LAT's
+// "linformer_settings" {"k": k} and "context_linformer_settings"
+// {"seq_len": s, "k": k} (or null) set linformer_k and
+// context_linformer_seq_len / context_linformer_k. InvalidArgument for
 // malformed JSON, unknown keys or wrongly typed values, naming the key; the
 // result is not validated.
 absl::StatusOr<LatConfig> LatConfigFromJson(absl::string_view json);
@@ -261,8 +287,8 @@ struct LatInputs {
   LengthMask lengths;                // input_mask as lengths [B], or empty
   TensorView<const float> context;   // [B, S, dim], receives_context only
   LengthMask context_lengths;        // [B] or empty
-  bool training = false;             // dropout
-  uint64_t seed = 0;                 // dropout masks
+  bool training = false;  // dropout; PKM batch statistics and running update
+  uint64_t seed = 0;      // dropout masks
 };
 
 class LinearAttentionTransformerLM {

@@ -5,8 +5,8 @@
 // fixed sinusoid tables (buffers pos_emb.emb [max_seq_len, emb_dim] and
 // layer_pos_emb.emb [max_seq_len, dim_head], which ftx recomputes) are
 // ignored on import and not written on export, as are the PKM query norms'
-// BatchNorm1d step counters (norm.fn.num_batches_tracked, int64, unused in
-// eval mode).
+// BatchNorm1d step counters (norm.fn.num_batches_tracked, int64, which ftx
+// does not keep: torch uses it only when momentum is None, and PKM's is 0.1).
 //
 // Example:
 //   FTX_ASSIGN_OR_RETURN(StateDictMap map, LatStateDictMap(config));

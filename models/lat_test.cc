@@ -2,10 +2,11 @@
 // Autopadder (a padded call equals the explicitly padded, masked call on the
 // kept positions), seeded training-mode dropout, every parameter (sampled) and
 // the context gradient against central differences of the float forward for
-// sequential, reversible and Linformer stacks, the example config
-// models/configs/linear_attention_lm.json, the state-dict converter, config
-// and input errors; ImageLinearAttention's gradients and errors. Parity with
-// the Python library is tests/parity/lat_test.
+// sequential, reversible and Linformer stacks, attend_axially, the context
+// Linformer and PKM training mode (batch statistics, running update), the
+// example config models/configs/linear_attention_lm.json, the state-dict
+// converter, config and input errors; ImageLinearAttention's gradients and
+// errors. Parity with the Python library is tests/parity/lat_test.
 #include "models/lat.h"
 
 #include <algorithm>
@@ -352,18 +353,66 @@ TEST_F(LatTest, PkmReversibleGradients) {
       nullptr);
 }
 
-TEST_F(LatTest, PkmTrainingModeIsUnimplemented) {
+// Training mode: the PKM query BatchNorm1d normalises with the batch
+// statistics (gradients through them) and updates its running statistics;
+// eval mode leaves them alone.
+TEST_F(LatTest, PkmTrainingModeGradientsAndRunningUpdate) {
   Build(TinyPkmConfig());
-  const std::vector<int32_t> tokens = Tokens(2 * 4, 1);
-  std::vector<float> out(2 * 4 * model_->OutputDim());
-  const absl::Status status = model_->Forward(
-      *ctx_, *store_,
-      {.tokens = TensorView<const int32_t>(tokens.data(), {2, 4}),
-       .training = true},
-      TensorView<float>(out.data(), {2, 4, model_->OutputDim()}), true);
-  EXPECT_EQ(status.code(), absl::StatusCode::kUnimplemented) << status;
-  EXPECT_NE(status.message().find("pkm_layers"), std::string::npos) << status;
+  const std::string running =
+      "transformer.layers.layers.1.1.fn.norm.fn.running_mean";
+  auto snapshot = [&]() {
+    const TensorView<float> view = store_->Value(running).value();
+    return std::vector<float>(view.data(), view.data() + view.NumElements());
+  };
+  const int64_t batch = 2, length = 4;
+  const std::vector<int32_t> tokens = Tokens(batch * length, 12);
+  LatInputs inputs{
+      .tokens = TensorView<const int32_t>(tokens.data(), {batch, length})};
+  const std::vector<float> initial = snapshot();
+  const std::vector<float> eval = Run(inputs);
+  EXPECT_EQ(snapshot(), initial);
+  inputs.training = true;
+  EXPECT_NE(Run(inputs), eval);
+  EXPECT_NE(snapshot(), initial);
+  CheckGradients(inputs, nullptr);
+}
 
+// As in LAT's reversible.py, the reconstructing backward re-runs the PKM
+// branch in training mode, so its running statistics take a second update
+// with the same batch statistics: r2 = 0.9 r1 + 0.1 mean with
+// 0.1 mean = r1 - 0.9 r0.
+TEST_F(LatTest, PkmReversibleTrainingUpdatesRunningStatisticsTwice) {
+  LatConfig config = TinyPkmConfig();
+  config.reversible = true;
+  Build(config);
+  const std::string running =
+      "transformer.layers.blocks.1.g.net.fn.norm.fn.running_mean";
+  auto snapshot = [&]() {
+    const TensorView<float> view = store_->Value(running).value();
+    return std::vector<float>(view.data(), view.data() + view.NumElements());
+  };
+  const int64_t batch = 2, length = 4;
+  const std::vector<int32_t> tokens = Tokens(batch * length, 13);
+  const std::vector<float> r0 = snapshot();
+  const std::vector<float> out =
+      Run({.tokens = TensorView<const int32_t>(tokens.data(), {batch, length}),
+           .training = true},
+          /*save=*/true);
+  const std::vector<float> r1 = snapshot();
+  const std::vector<float> d_out(out.size(), 0.1f);
+  ASSERT_TRUE(
+      model_
+          ->Backward(*ctx_, *store_,
+                     TensorView<const float>(
+                         d_out.data(), {batch, length, model_->OutputDim()}))
+          .ok());
+  const std::vector<float> r2 = snapshot();
+  for (size_t i = 0; i < r0.size(); ++i) {
+    EXPECT_NEAR(r2[i], 0.9 * r1[i] + (r1[i] - 0.9 * r0[i]), 1e-5) << i;
+  }
+}
+
+TEST_F(LatTest, PkmJsonKeys) {
   const auto parsed = LatConfigFromJson(
       R"({"pkm_layers": 2, "pkm_heads": 2, "pkm_num_keys": 4, "pkm_topk": 2,
           "pkm_dim_head": 6})");
@@ -375,6 +424,104 @@ TEST_F(LatTest, PkmTrainingModeIsUnimplemented) {
   EXPECT_EQ(parsed->pkm_dim_head, 6);
   const absl::Status typed = LatConfigFromJson(R"({"pkm_topk": "2"})").status();
   EXPECT_NE(typed.message().find("pkm_topk"), std::string::npos) << typed;
+}
+
+// attend_axially: per layer an extra pair FoldAxially(window, SelfAttention)
+// and FF; the input mask folds into per-column lengths.
+TEST_F(LatTest, AxialNamesAndGradientsCausalMasked) {
+  LatConfig config = TinyConfig();
+  config.attend_axially = true;
+  config.causal = true;
+  config.ff_glu = true;
+  config.shift_tokens = true;
+  Build(config);
+  for (const char* name : {"transformer.layers.layers.1.0.fn.fn.to_q.weight",
+                           "transformer.layers.layers.1.0.fn.fn.to_out.bias",
+                           "transformer.layers.layers.1.1.fn.fn.w1.weight",
+                           "transformer.layers.layers.3.0.norm.weight",
+                           "transformer.layers.layers.2.0.fn.fn.to_q.weight"}) {
+    EXPECT_TRUE(store_->Contains(name)) << name;
+  }
+  EXPECT_EQ(store_->Value("transformer.layers.layers.1.0.fn.fn.to_q.weight")
+                .value()
+                .shape(),
+            Shape({8, 8}));
+  const int64_t batch = 2, length = 8;
+  const std::vector<int32_t> tokens = Tokens(batch * length, 21);
+  CheckGradients(
+      {.tokens = TensorView<const int32_t>(tokens.data(), {batch, length}),
+       .lengths = {{8, 6}}},
+      nullptr);
+}
+
+TEST_F(LatTest, AxialReversibleGradientsAndLengthErrors) {
+  LatConfig config = TinyConfig();
+  config.attend_axially = true;
+  config.reversible = true;
+  Build(config);
+  const int64_t batch = 2, length = 12;
+  const std::vector<int32_t> tokens = Tokens(batch * length, 22);
+  CheckGradients(
+      {.tokens = TensorView<const int32_t>(tokens.data(), {batch, length})},
+      nullptr);
+  std::vector<float> out(batch * 6 * model_->OutputDim());
+  const absl::Status status = model_->Forward(
+      *ctx_, *store_,
+      {.tokens = TensorView<const int32_t>(tokens.data(), {batch, 6})},
+      TensorView<float>(out.data(), {batch, 6, model_->OutputDim()}), false);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("local_attn_window_size"), std::string::npos)
+      << status;
+}
+
+// receives_context with LinformerContextSettings(seq_len, k): the context
+// keys / values are projected along their length to k.
+TEST_F(LatTest, ContextLinformerNamesAndGradients) {
+  LatConfig config = TinyConfig();
+  config.receives_context = true;
+  config.context_linformer_seq_len = 5;
+  config.context_linformer_k = 3;
+  Build(config);
+  EXPECT_EQ(
+      store_->Value("transformer.layers.layers.1.0.fn.proj_k").value().shape(),
+      Shape({5, 3}));
+  EXPECT_TRUE(store_->Contains("transformer.layers.layers.3.0.fn.to_k.weight"));
+  const int64_t batch = 2, length = 6, context_length = 4;
+  const std::vector<int32_t> tokens = Tokens(batch * length, 23);
+  std::vector<float> context =
+      RandomUniformVector<float>(batch * context_length * config.dim, 24);
+  CheckGradients(
+      {.tokens = TensorView<const int32_t>(tokens.data(), {batch, length}),
+       .context = TensorView<const float>(context.data(),
+                                          {batch, context_length, config.dim})},
+      &context);
+  std::vector<float> long_context(batch * 6 * config.dim);
+  std::vector<float> out(batch * length * model_->OutputDim());
+  const absl::Status status = model_->Forward(
+      *ctx_, *store_,
+      {.tokens = TensorView<const int32_t>(tokens.data(), {batch, length}),
+       .context = TensorView<const float>(long_context.data(),
+                                          {batch, 6, config.dim})},
+      TensorView<float>(out.data(), {batch, length, model_->OutputDim()}),
+      false);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("context_linformer_seq_len"),
+            std::string::npos)
+      << status;
+
+  const auto parsed = LatConfigFromJson(
+      R"({"attend_axially": true, "linformer_settings": {"k": 4},
+          "context_linformer_settings": {"seq_len": 9, "k": 2}})");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(parsed->attend_axially);
+  EXPECT_EQ(parsed->linformer_k, 4);
+  EXPECT_EQ(parsed->context_linformer_seq_len, 9);
+  EXPECT_EQ(parsed->context_linformer_k, 2);
+  const absl::Status typed =
+      LatConfigFromJson(R"({"context_linformer_settings": {"n": 2}})").status();
+  EXPECT_NE(typed.message().find("context_linformer_settings"),
+            std::string::npos)
+      << typed;
 }
 
 TEST_F(LatTest, GradientsLinformerEmbeddings) {
@@ -512,10 +659,18 @@ TEST_F(LatTest, BadConfigs) {
   expect(config, absl::StatusCode::kInvalidArgument, "pkm_topk");
   config = TinyConfig();
   config.attend_axially = true;
-  expect(config, absl::StatusCode::kUnimplemented, "attend_axially");
+  config.use_rotary_emb = true;
+  expect(config, absl::StatusCode::kInvalidArgument, "use_rotary_emb");
+  config = TinyConfig();
+  config.heads = 3;
+  config.attend_axially = true;
+  expect(config, absl::StatusCode::kInvalidArgument, "dim");
   config = TinyConfig();
   config.context_linformer_k = 4;
-  expect(config, absl::StatusCode::kUnimplemented, "context_linformer_k");
+  expect(config, absl::StatusCode::kInvalidArgument,
+         "context_linformer_seq_len");
+  config.context_linformer_k = -1;
+  expect(config, absl::StatusCode::kInvalidArgument, "context_linformer_k");
 
   EXPECT_EQ(LatConfigFromJson(R"({"dimension": 8})").status().code(),
             absl::StatusCode::kInvalidArgument);

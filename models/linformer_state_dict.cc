@@ -10,15 +10,25 @@ namespace {
 StateDictMap IdentityMap(
     const std::vector<ParamShape>& shapes,
     const std::vector<std::pair<std::string, std::string>>& aliases,
-    std::vector<std::string> buffers) {
+    std::vector<StateDictFixedTensor> fixed) {
   StateDictMap map;
   map.library = kLinformerLibrary;
   for (const ParamShape& shape : shapes) {
     map.rules.push_back({shape.name, shape.name});
   }
-  map.ignored = std::move(buffers);
-  for (const auto& alias : aliases) map.ignored.push_back(alias.first);
+  for (const auto& [alias, parameter] : aliases) {
+    map.aliases.push_back({alias, parameter});
+  }
+  map.fixed = std::move(fixed);
   return map;
+}
+
+// linformer-pytorch's PositionalEmbedding(emb_dim) table (base 1e5).
+StateDictFixedTensor PositionTable(const std::string& prefix,
+                                   const LinformerLMConfig& config) {
+  const int64_t emb_dim =
+      config.emb_dim != 0 ? config.emb_dim : config.linformer.channels;
+  return InverseFrequencies(prefix + "pos_emb.inv_freq", emb_dim, 1e5);
 }
 
 }  // namespace
@@ -34,14 +44,15 @@ absl::StatusOr<StateDictMap> LinformerLMStateDictMap(
     const LinformerLMConfig& config) {
   FTX_ASSIGN_OR_RETURN(auto model, LinformerLM::Create(config));
   return IdentityMap(model->ParamShapes(), model->SharedProjectionAliases(),
-                     {"pos_emb.inv_freq"});
+                     {PositionTable("", config)});
 }
 
 absl::StatusOr<StateDictMap> LinformerEncDecStateDictMap(
     const LinformerEncDecConfig& config) {
   FTX_ASSIGN_OR_RETURN(auto model, LinformerEncDec::Create(config));
   return IdentityMap(model->ParamShapes(), model->SharedProjectionAliases(),
-                     {"encoder.pos_emb.inv_freq", "decoder.pos_emb.inv_freq"});
+                     {PositionTable("encoder.", config.encoder),
+                      PositionTable("decoder.", config.decoder)});
 }
 
 absl::StatusOr<std::map<std::string, std::vector<int64_t>>>

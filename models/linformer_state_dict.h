@@ -1,16 +1,17 @@
 // State-dict maps of linformer-pytorch 0.19.3's Linformer, LinformerLM and
 // LinformerEncDec (models/state_dict_map.h). ftx's models
 // (models/linformer.h) name their parameters with linformer-pytorch's own
-// state_dict keys, so every rule is the identity. Ignored on import and not
-// written on export:
-//   - the repeated keys of shared E / F projections (headwise, kv, layerwise
-//     sharing register one module under every head, and layerwise under every
-//     layer): torch's state_dict lists each key, ftx keeps one tensor under
-//     the first key (Linformer::SharedProjectionAliases);
-//   - "pos_emb.inv_freq" (a buffer ftx recomputes).
+// state_dict keys, so every rule is the identity. Also:
+//   - aliases: the repeated keys of shared E / F projections (headwise, kv,
+//     layerwise sharing register one module under every head, and layerwise
+//     under every layer): torch's state_dict lists each key, ftx keeps one
+//     tensor under the first key (Linformer::SharedProjectionAliases); import
+//     checks the copies are equal, export writes every key;
+//   - a fixed tensor "pos_emb.inv_freq" [emb_dim / 2] (base 1e5; ftx
+//     recomputes the sinusoid).
 // method no_params matrices are not in the state_dict at all (plain tensor
-// attributes); set them through Linformer::FixedProjections. An exported
-// file therefore loads into PyTorch with strict=False when E / F are shared.
+// attributes); set them through Linformer::FixedProjections. An exported file
+// loads into PyTorch with strict=True.
 //
 // Example:
 //   FTX_ASSIGN_OR_RETURN(StateDictMap map, LinformerLMStateDictMap(config));

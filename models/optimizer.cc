@@ -127,6 +127,10 @@ absl::Status AdamW::Step(const Context& ctx, ParamStore& store, double lr) {
     run.size = 0;
   };
   store.ForEachParam([&](const ParamSlot& slot) {
+    if (!slot.trainable) {
+      flush();
+      return;
+    }
     const bool decay =
         !(config_.no_decay && config_.no_decay(slot.name, slot.value.shape()));
     const bool extends_run =

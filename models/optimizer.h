@@ -1,6 +1,7 @@
 // Training-step utilities over a ParamStore:
 //
-//   AdamW            torch.optim.AdamW over every parameter of the store, with
+//   AdamW            torch.optim.AdamW over every trainable parameter of the
+//                    store (buffers are left alone), with
 //                    the store's moment arenas as its state, a step counter
 //                    and an optional per-parameter no-decay rule (the
 //                    parameter groups of nanoGPT / minGPT)

@@ -161,6 +161,61 @@ TEST_F(OptimizerTest, WithoutRuleIsOneCallOverTheArena) {
             0);
 }
 
+TEST_F(OptimizerTest, BuffersAreLeftAlone) {
+  // A buffer between two weights, with a gradient and moments that are not
+  // zero, keeps its value and moments; the weights get exactly the update of
+  // a store without the buffer.
+  const std::vector<ParamShape> shapes = {
+      {"a", {6}}, {"running_mean", {4}, /*trainable=*/false}, {"c", {5}}};
+  ParamStore store = MakeStore(shapes, 4);
+  SetGradients(store, 5);
+  store.ForEachParam([](const ParamSlot& slot) {
+    std::fill(slot.first_moment.data(),
+              slot.first_moment.data() + slot.first_moment.NumElements(),
+              0.25f);
+  });
+  ParamStore weights_only =
+      ParamStore::Create({{"a", {6}}, {"c", {5}}}).value();
+  std::vector<float> buffer_before;
+  store.ForEachParam([&](const ParamSlot& slot) {
+    if (!slot.trainable) {
+      buffer_before.assign(slot.value.data(),
+                           slot.value.data() + slot.value.NumElements());
+      return;
+    }
+    const int64_t n = slot.value.NumElements();
+    std::copy(slot.value.data(), slot.value.data() + n,
+              weights_only.Value(slot.name).value().data());
+    std::copy(slot.grad.data(), slot.grad.data() + n,
+              weights_only.Grad(slot.name).value().data());
+  });
+  weights_only.ForEachParam([](const ParamSlot& slot) {
+    std::fill(slot.first_moment.data(),
+              slot.first_moment.data() + slot.first_moment.NumElements(),
+              0.25f);
+  });
+  auto optimizer = AdamW::Create(AdamWConfig());
+  auto twin_optimizer = AdamW::Create(AdamWConfig());
+  ASSERT_TRUE(optimizer.ok() && twin_optimizer.ok());
+  ASSERT_TRUE(optimizer->Step(*ctx_, store, 1e-2).ok());
+  ASSERT_TRUE(twin_optimizer->Step(*ctx_, weights_only, 1e-2).ok());
+  store.ForEachParam([&](const ParamSlot& slot) {
+    const int64_t n = slot.value.NumElements();
+    if (slot.trainable) {
+      const TensorView<float> expected = weights_only.Value(slot.name).value();
+      EXPECT_EQ(
+          std::memcmp(slot.value.data(), expected.data(), n * sizeof(float)), 0)
+          << slot.name;
+      return;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_EQ(slot.value.data()[i], buffer_before[i]);
+      EXPECT_EQ(slot.first_moment.data()[i], 0.25f);
+      EXPECT_EQ(slot.second_moment.data()[i], 0.0f);
+    }
+  });
+}
+
 TEST_F(OptimizerTest, SetStepResumesTheBiasCorrection) {
   ParamStore store = MakeStore({{"w", {9}}}, 3);
   SetGradients(store, 4);

@@ -7,17 +7,20 @@
 
 namespace ftx {
 
-absl::StatusOr<ParamStore> ParamStore::Create(const std::vector<ParamShape>& shapes) {
+absl::StatusOr<ParamStore> ParamStore::Create(
+    const std::vector<ParamShape>& shapes) {
   ParamStore store;
   store.shapes_ = shapes;
   for (size_t i = 0; i < shapes.size(); ++i) {
     const ParamShape& param = shapes[i];
     if (param.name.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("parameter ", i, " has no name"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("parameter ", i, " has no name"));
     }
     if (!param.shape.IsValid() || param.shape.rank() == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "parameter ", param.name, " has invalid shape ", param.shape.ToString()));
+      return absl::InvalidArgumentError(absl::StrCat("parameter ", param.name,
+                                                     " has invalid shape ",
+                                                     param.shape.ToString()));
     }
     if (!store.index_.emplace(param.name, i).second) {
       return absl::InvalidArgumentError(
@@ -28,12 +31,15 @@ absl::StatusOr<ParamStore> ParamStore::Create(const std::vector<ParamShape>& sha
   }
   for (Tensor* arena : {&store.values_, &store.grads_, &store.first_moments_,
                         &store.second_moments_}) {
-    FTX_ASSIGN_OR_RETURN(*arena, Tensor::Create(DType::kF32, {std::max<int64_t>(store.total_, 1)}));
+    FTX_ASSIGN_OR_RETURN(
+        *arena,
+        Tensor::Create(DType::kF32, {std::max<int64_t>(store.total_, 1)}));
   }
   return store;
 }
 
-absl::StatusOr<const ParamStore::Entry*> ParamStore::Find(absl::string_view name) const {
+absl::StatusOr<const ParamStore::Entry*> ParamStore::Find(
+    absl::string_view name) const {
   auto it = index_.find(name);
   if (it == index_.end()) {
     return absl::NotFoundError(absl::StrCat("no parameter named ", name));
@@ -61,7 +67,8 @@ std::vector<ParamShape> WithPrefix(absl::string_view prefix,
   std::vector<ParamShape> prefixed;
   prefixed.reserve(shapes.size());
   for (const ParamShape& param : shapes) {
-    prefixed.push_back({absl::StrCat(prefix, param.name), param.shape});
+    prefixed.push_back(
+        {absl::StrCat(prefix, param.name), param.shape, param.trainable});
   }
   return prefixed;
 }

@@ -1,12 +1,16 @@
-// ParamStore: every trainable tensor of a model in one arena, with its gradient and
-// the two AdamW moments in parallel arenas of the same layout (llm.c's flat buffers,
-// made safe by deriving offsets from one (name, shape) table). Names are the
-// reference library's state_dict keys ("layers.0.0.fn.to_q.weight"), so weights move
-// through safetensors unchanged. ForEachParam is the one loop behind zeroing, the
-// optimizer, checkpoints, counting and gradient checks.
+// ParamStore: every trainable tensor of a model in one arena, with its gradient
+// and the two AdamW moments in parallel arenas of the same layout (llm.c's flat
+// buffers, made safe by deriving offsets from one (name, shape) table). Names
+// are the reference library's state_dict keys ("layers.0.0.fn.to_q.weight"), so
+// weights move through safetensors unchanged. ForEachParam is the one loop
+// behind zeroing, the optimizer, checkpoints, counting and gradient checks.
+//
+// Buffers (ParamShape::trainable false) sit in the same arenas so that they
+// are saved, loaded and mapped like weights; the optimizer skips them.
 //
 // Example:
-//   FTX_ASSIGN_OR_RETURN(ParamStore store, ParamStore::Create(model.ParamShapes()));
+//   FTX_ASSIGN_OR_RETURN(ParamStore store,
+//   ParamStore::Create(model.ParamShapes()));
 //   FTX_ASSIGN_OR_RETURN(TensorView<float> w, store.Value("to_logits.weight"));
 #ifndef FTX_MODELS_PARAM_STORE_H_
 #define FTX_MODELS_PARAM_STORE_H_
@@ -30,12 +34,14 @@ struct ParamSlot {
   TensorView<float> grad;
   TensorView<float> first_moment;   // AdamW m
   TensorView<float> second_moment;  // AdamW v
+  bool trainable;                   // false for buffers (ParamShape::trainable)
 };
 
 class ParamStore {
  public:
   // InvalidArgument for duplicate names, empty names or invalid shapes.
-  static absl::StatusOr<ParamStore> Create(const std::vector<ParamShape>& shapes);
+  static absl::StatusOr<ParamStore> Create(
+      const std::vector<ParamShape>& shapes);
 
   ParamStore(ParamStore&&) = default;
   ParamStore& operator=(ParamStore&&) = default;
@@ -61,7 +67,8 @@ class ParamStore {
     for (size_t i = 0; i < entries_.size(); ++i) {
       const Entry& entry = entries_[i];
       fn(ParamSlot{shapes_[i].name, Slice(values_, entry), Slice(grads_, entry),
-                   Slice(first_moments_, entry), Slice(second_moments_, entry)});
+                   Slice(first_moments_, entry), Slice(second_moments_, entry),
+                   shapes_[i].trainable});
     }
   }
 

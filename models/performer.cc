@@ -34,6 +34,10 @@ constexpr uint64_t kAttentionOutputDropoutStream = 0x5045524641540000ull;
 constexpr uint64_t kEmbeddingDropoutStream = 0x50455246454D4200ull;
 // performer's ReZero gain at initialisation.
 constexpr float kReZeroInitialGain = 1e-3f;
+// The FAVOR projection buffer, relative to the attention module.
+constexpr char kProjectionName[] = "fast_attention.projection_matrix";
+// The redraw counter buffer [1], relative to the stack.
+constexpr char kRedrawCounterName[] = "proj_updater.calls_since_last_redraw";
 
 uint64_t SubSeed(uint64_t seed, uint64_t index) {
   return seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull * (index + 1);
@@ -161,6 +165,8 @@ class PerformerAttention {
     }
     shapes.push_back({"to_out.weight", {C, inner}});
     if (setup_.out_bias) shapes.push_back({"to_out.bias", {C}});
+    shapes.push_back({kProjectionName, favor_.projection().shape(),
+                      /*trainable=*/false});
     return shapes;
   }
 
@@ -479,17 +485,11 @@ class Performer::Branch final : public Block {
     if (ff_) inner += "fn.";  // Chunk
     return inner;
   }
-  std::string ProjectionName() const {
-    return InnerBase() + "fast_attention.projection_matrix";
-  }
-  // The state_dict buffers of this branch.
-  std::vector<std::string> BufferNames() const {
-    if (!attention_) return {};
-    std::vector<std::string> names = {ProjectionName()};
-    if (attention_->local_heads() > 0) {
-      names.push_back(InnerBase() + "local_attn.rel_pos.inv_freq");
-    }
-    return names;
+  std::string ProjectionName() const { return InnerBase() + kProjectionName; }
+  // The local heads' rotary table, or empty.
+  std::string LocalRotaryName() const {
+    if (!attention_ || attention_->local_heads() == 0) return "";
+    return InnerBase() + "local_attn.rel_pos.inv_freq";
   }
 
   std::vector<ParamShape> ParamShapes() const {
@@ -510,7 +510,7 @@ class Performer::Branch final : public Block {
       shapes.push_back({inner + "w2.bias", {dim_}});
     } else {
       for (ParamShape& shape : attention_->ParamShapes()) {
-        shapes.push_back({inner + shape.name, shape.shape});
+        shapes.push_back({inner + shape.name, shape.shape, shape.trainable});
       }
     }
     return shapes;
@@ -554,6 +554,11 @@ class Performer::Branch final : public Block {
       FTX_RETURN_IF_ERROR(
           InitLinear(ctx, weight, bias, SubSeed(seed, index++)));
     }
+    // The projection drawn at construction from the seed.
+    FTX_ASSIGN_OR_RETURN(TensorView<float> projection,
+                         store.Value(inner + kProjectionName));
+    const Tensor& drawn = attention_->favor().projection();
+    std::copy_n(drawn.data<float>(), drawn.NumElements(), projection.data());
     return absl::OkStatus();
   }
 
@@ -875,6 +880,7 @@ std::vector<ParamShape> Performer::ParamShapes() const {
       shapes.push_back(std::move(shape));
     }
   }
+  shapes.push_back({kRedrawCounterName, {1}, /*trainable=*/false});
   return shapes;
 }
 
@@ -885,6 +891,9 @@ absl::Status Performer::InitParams(const Context& ctx, ParamStore& store,
     FTX_RETURN_IF_ERROR(branches_[i]->InitParams(
         ctx, store, std::string(prefix), SubSeed(config_.seed, 1000 + i)));
   }
+  FTX_ASSIGN_OR_RETURN(TensorView<float> counter,
+                       store.Value(absl::StrCat(prefix, kRedrawCounterName)));
+  counter.data()[0] = 0.0f;
   return absl::OkStatus();
 }
 
@@ -896,73 +905,13 @@ std::vector<std::string> Performer::ProjectionNames() const {
   return names;
 }
 
-std::vector<std::string> Performer::BufferNames() const {
+std::vector<std::string> Performer::LocalRotaryNames() const {
   std::vector<std::string> names;
   for (const auto& branch : branches_) {
-    for (std::string& name : branch->BufferNames()) {
-      names.push_back(std::move(name));
-    }
+    std::string name = branch->LocalRotaryName();
+    if (!name.empty()) names.push_back(std::move(name));
   }
   return names;
-}
-
-namespace {
-
-template <typename Branches>
-auto* AttentionBranch(Branches& branches, int64_t index) {
-  decltype(branches[0].get()) found = nullptr;
-  int64_t seen = 0;
-  for (auto& branch : branches) {
-    if (!branch->is_attention()) continue;
-    if (seen++ == index) {
-      found = branch.get();
-      break;
-    }
-  }
-  return found;
-}
-
-}  // namespace
-
-const Tensor& Performer::Projection(int64_t index) const {
-  auto* branch = AttentionBranch(branches_, index);
-  FTX_CHECK(branch != nullptr);
-  return branch->attention().favor().projection();
-}
-
-absl::Status Performer::SetProjection(int64_t index,
-                                      TensorView<const float> matrix) {
-  auto* branch = AttentionBranch(branches_, index);
-  if (branch == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Performer::SetProjection: index ", index,
-                     " is not below the number of attention branches ",
-                     ProjectionNames().size()));
-  }
-  const Tensor& current = branch->attention().favor().projection();
-  if (matrix.rank() != 2 || matrix.shape() != current.shape()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "Performer::SetProjection: projection ", index, " must be ",
-        current.shape().ToString(), ", got ", matrix.shape().ToString()));
-  }
-  return branch->attention().favor().SetProjection(matrix);
-}
-
-absl::Status Performer::LoadProjections(const SafetensorsFile& file,
-                                        absl::string_view prefix) {
-  const std::vector<std::string> names = ProjectionNames();
-  for (size_t i = 0; i < names.size(); ++i) {
-    FTX_ASSIGN_OR_RETURN(Tensor matrix,
-                         file.ReadFloat(absl::StrCat(prefix, names[i])));
-    absl::Status status =
-        SetProjection(static_cast<int64_t>(i), matrix.view<float>());
-    if (!status.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("Performer::LoadProjections: ", prefix, names[i], ": ",
-                       status.message()));
-    }
-  }
-  return absl::OkStatus();
 }
 
 absl::Status Performer::Forward(const Context& ctx, ParamStore& store,
@@ -1005,17 +954,33 @@ absl::Status Performer::Forward(const Context& ctx, ParamStore& store,
         kOp, ": layer rotary needs an even dim_head, got ", config_.dim_head));
   }
   // performer's ProjectionUpdater.redraw_projections.
+  bool redraw = false;
   if (inputs.training && config_.auto_check_redraw) {
+    FTX_ASSIGN_OR_RETURN(TensorView<float> counter,
+                         store.Value(absl::StrCat(prefix, kRedrawCounterName)));
+    float& calls_since_last_redraw = counter.data()[0];
     if (config_.feature_redraw_interval > 0 &&
-        calls_since_last_redraw_ >= config_.feature_redraw_interval) {
-      for (auto& branch : branches_) {
-        if (!branch->is_attention()) continue;
-        FTX_RETURN_IF_ERROR(
-            branch->attention().favor().RedrawProjection(config_.dim_head));
-      }
-      calls_since_last_redraw_ = 0;
+        calls_since_last_redraw >= config_.feature_redraw_interval) {
+      redraw = true;
+      calls_since_last_redraw = 0.0f;
     } else {
-      ++calls_since_last_redraw_;
+      calls_since_last_redraw += 1.0f;
+    }
+  }
+  // The projections live in the store (buffers): a redraw writes them there,
+  // otherwise the modules take the store's values.
+  for (auto& branch : branches_) {
+    if (!branch->is_attention()) continue;
+    FavorAttention& favor = branch->attention().favor();
+    FTX_ASSIGN_OR_RETURN(
+        TensorView<float> stored,
+        store.Value(absl::StrCat(prefix, branch->ProjectionName())));
+    if (redraw) {
+      FTX_RETURN_IF_ERROR(favor.RedrawProjection(config_.dim_head));
+      std::copy_n(favor.projection().data<float>(), stored.NumElements(),
+                  stored.data());
+    } else {
+      FTX_RETURN_IF_ERROR(favor.SetProjection(stored));
     }
   }
   call_->store = &store;
@@ -1218,7 +1183,7 @@ std::vector<ParamShape> PerformerLM::ParamShapes() const {
     shapes.push_back({"pos_emb.emb.weight", {config_.max_seq_len, C}});
   }
   for (ParamShape& shape : performer_->ParamShapes()) {
-    shapes.push_back({"performer." + shape.name, shape.shape});
+    shapes.push_back({"performer." + shape.name, shape.shape, shape.trainable});
   }
   shapes.push_back({"norm.weight", {C}});
   shapes.push_back({"norm.bias", {C}});
@@ -1265,12 +1230,6 @@ absl::Status PerformerLM::InitParams(const Context& ctx,
     FTX_RETURN_IF_ERROR(InitLinear(ctx, w, b, SubSeed(seed, (1u << 20) + 2)));
   }
   return absl::OkStatus();
-}
-
-absl::Status PerformerLM::LoadProjections(const SafetensorsFile& file,
-                                          absl::string_view file_prefix) {
-  return performer_->LoadProjections(
-      file, absl::StrCat(file_prefix, prefix_, "performer."));
 }
 
 absl::Status PerformerLM::Forward(const Context& ctx, ParamStore& store,
@@ -1643,12 +1602,6 @@ absl::Status PerformerEncDec::InitParams(const Context& ctx,
                                          ParamStore& store) const {
   FTX_RETURN_IF_ERROR(enc_->InitParams(ctx, store));
   return dec_->InitParams(ctx, store);
-}
-
-absl::Status PerformerEncDec::LoadProjections(const SafetensorsFile& file,
-                                              absl::string_view prefix) {
-  FTX_RETURN_IF_ERROR(enc_->LoadProjections(file, prefix));
-  return dec_->LoadProjections(file, prefix);
 }
 
 absl::Status PerformerEncDec::Forward(const Context& ctx, ParamStore& store,

@@ -44,9 +44,13 @@
 // of the stack first checks calls_since_last_redraw >= interval; if so every
 // FAVOR module redraws its projection and the counter resets to 0, otherwise
 // the counter goes up by 1. feature_redraw_interval = 0 never redraws
-// (fix_projection_matrices_). The projections are buffers, not parameters:
-// LoadProjections / ProjectionNames read and name them by their state_dict
-// keys (".fast_attention.projection_matrix").
+// (fix_projection_matrices_). The projections [nb_features, dim_head] are
+// ParamStore buffers (ParamShape::trainable false) under their state_dict
+// keys (".fast_attention.projection_matrix"): InitParams writes the draw of
+// config.seed, every Forward reads them from the store (a redraw writes the
+// new ones back), so they are saved, loaded and converted with the weights;
+// so is the counter, a buffer [1] "proj_updater.calls_since_last_redraw" of
+// the stack (an int64 scalar in the reference).
 //
 // Parameter names are performer-pytorch's state_dict keys ("token_emb.weight",
 // "performer.net.layers.0.0.norm.weight",
@@ -90,7 +94,6 @@
 #include "layers/layernorm.h"
 #include "layers/recompute.h"
 #include "models/param_store.h"
-#include "models/safetensors.h"
 
 namespace ftx {
 
@@ -159,25 +162,16 @@ class Performer {
   absl::Status InitParams(const Context& ctx, ParamStore& store,
                           absl::string_view prefix) const;
 
-  // The FAVOR projection buffers: state_dict names relative to the stack
+  // The FAVOR projection buffers (in ParamShapes, not trainable): names
+  // relative to the stack
   // ("net.layers.0.0.fn.fast_attention.projection_matrix"), one per attention
-  // branch in order, and their current values [m, E].
+  // branch in order.
   std::vector<std::string> ProjectionNames() const;
-  const Tensor& Projection(int64_t index) const;
-  // Every buffer of the stack's state_dict, relative to the stack: the
-  // projections and the local heads' rotary "local_attn.rel_pos.inv_freq"
-  // (which ftx recomputes).
-  std::vector<std::string> BufferNames() const;
-  // InvalidArgument for a bad index or a matrix of the wrong shape.
-  absl::Status SetProjection(int64_t index, TensorView<const float> matrix);
-  // Reads every projection from `file` under prefix + ProjectionNames()[i].
-  absl::Status LoadProjections(const SafetensorsFile& file,
-                               absl::string_view prefix);
+  // The local heads' rotary tables "...local_attn.rel_pos.inv_freq"
+  // [dim_head / 2] of the reference state_dict, relative to the stack; ftx
+  // recomputes them.
+  std::vector<std::string> LocalRotaryNames() const;
 
-  int64_t calls_since_last_redraw() const { return calls_since_last_redraw_; }
-  void set_calls_since_last_redraw(int64_t calls) {
-    calls_since_last_redraw_ = calls;
-  }
   // performer's fix_projection_matrices_: never redraw again.
   void FixProjectionMatrices() { config_.feature_redraw_interval = 0; }
 
@@ -204,7 +198,6 @@ class Performer {
   std::unique_ptr<Block> reversible_;
   BlockCache reversible_cache_;
   std::unique_ptr<Call> call_;
-  int64_t calls_since_last_redraw_ = 0;
   bool saved_ = false;
   PerformerInputs last_inputs_;
   // Sequential: the input of every branch plus the output; reversible: x.
@@ -267,11 +260,6 @@ class PerformerLM {
   // token_emb and positions N(0, 1) (nn.Embedding, axial), Linear U(+-1 /
   // sqrt(fan_in)), the stack as Performer::InitParams.
   absl::Status InitParams(const Context& ctx, ParamStore& store) const;
-
-  // The FAVOR projections from a state_dict file whose keys carry
-  // `file_prefix` before this model's names (e.g. "param." in a fixture).
-  absl::Status LoadProjections(const SafetensorsFile& file,
-                               absl::string_view file_prefix);
 
   // out: logits [B, T, V], or [B, T, C] with return_encodings.
   // InvalidArgument for T > max_seq_len, tokens out of range or bad shapes.
@@ -339,8 +327,6 @@ class PerformerEncDec {
 
   std::vector<ParamShape> ParamShapes() const;
   absl::Status InitParams(const Context& ctx, ParamStore& store) const;
-  absl::Status LoadProjections(const SafetensorsFile& file,
-                               absl::string_view prefix);
 
   // logits: [B, T, V_dec].
   absl::Status Forward(const Context& ctx, ParamStore& store,

@@ -13,35 +13,40 @@ namespace {
 constexpr char kStackPrefix[] = "performer.";
 constexpr char kStackNet[] = "performer.net.";
 constexpr char kUpdaterInstance[] = "performer.proj_updater.instance.";
+constexpr char kRedrawCounter[] = "proj_updater.calls_since_last_redraw";
 
-// Adds the rules and ignored keys of one PerformerLM whose names carry
-// `prefix`.
+// Adds the rules, fixed tensors and aliases of one PerformerLM whose names
+// carry `prefix`.
 void AddLanguageModel(const PerformerLM& model, const std::string& prefix,
                       StateDictMap& map) {
   const PerformerLMConfig& config = model.config();
+  const PerformerConfig& stack = config.performer;
   for (const ParamShape& shape : model.ParamShapes()) {
-    map.rules.push_back({.reference = shape.name, .ftx = shape.name});
+    map.rules.push_back({.reference = shape.name,
+                         .ftx = shape.name,
+                         .int64 = absl::EndsWith(shape.name, kRedrawCounter)});
   }
-  auto ignore = [&](const std::string& name) {
-    map.ignored.push_back(prefix + name);
-  };
   if (config.rotary_position_emb) {
-    ignore("pos_emb.emb");
-    ignore("layer_pos_emb.emb");
+    map.fixed.push_back(FixedSinusoidTable(prefix + "pos_emb.emb",
+                                           config.max_seq_len, stack.dim));
+    map.fixed.push_back(FixedSinusoidTable(prefix + "layer_pos_emb.emb",
+                                           config.max_seq_len, stack.dim_head));
   }
-  ignore("performer.proj_updater.calls_since_last_redraw");
-  // Stack names as the state_dict lists them under performer.net.
+  // Stack names relative to the stack ("net.layers.0.0...."); the updater's
+  // "instance" is the same module list, so its keys repeat them.
   std::vector<std::string> stack_names;
   for (const ParamShape& shape : model.performer().ParamShapes()) {
-    stack_names.push_back(shape.name);
+    if (absl::StartsWith(shape.name, "net.")) stack_names.push_back(shape.name);
   }
-  for (const std::string& name : model.performer().BufferNames()) {
-    ignore(kStackPrefix + name);
+  for (const std::string& name : model.performer().LocalRotaryNames()) {
+    map.fixed.push_back(
+        InverseFrequencies(prefix + kStackPrefix + name, stack.dim_head));
     stack_names.push_back(name);
   }
   const size_t net_length = std::string("net.").size();
   for (const std::string& name : stack_names) {
-    ignore(kUpdaterInstance + name.substr(net_length));
+    map.aliases.push_back({prefix + kUpdaterInstance + name.substr(net_length),
+                           prefix + kStackPrefix + name});
   }
 }
 
@@ -92,8 +97,9 @@ PerformerReferenceShapes(const PerformerLMConfig& config) {
   for (const ParamShape& shape : model->ParamShapes()) {
     const bool gain = absl::StartsWith(shape.name, kStackNet) &&
                       absl::EndsWith(shape.name, ".g");
-    shapes[shape.name] =
-        rezero && gain ? std::vector<int64_t>{} : Dims(shape.shape);
+    const bool scalar =
+        (rezero && gain) || absl::EndsWith(shape.name, kRedrawCounter);
+    shapes[shape.name] = scalar ? std::vector<int64_t>{} : Dims(shape.shape);
   }
   return shapes;
 }
@@ -103,7 +109,7 @@ absl::Status RegisterPerformerConverter(StateDictConverterRegistry& registry) {
   converter.library = kPerformerLibrary;
   converter.description =
       "performer-pytorch 1.1.4 PerformerLM (config: models/performer.h "
-      "PerformerLM JSON; projection buffers are not converted)";
+      "PerformerLM JSON)";
   converter.param_shapes =
       [](absl::string_view json) -> absl::StatusOr<std::vector<ParamShape>> {
     FTX_ASSIGN_OR_RETURN(PerformerLMConfig config, ParseConfig(json));

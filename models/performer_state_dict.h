@@ -2,17 +2,16 @@
 // (models/state_dict_map.h). ftx's models (models/performer.h) name their
 // parameters with performer's own state_dict keys, so every rule is the
 // identity (ReZero's g is a scalar () there and [1] here; the rule copies by
-// element count). Ignored on import and not written on export:
-//   - the FAVOR projections "...fast_attention.projection_matrix" (buffers;
-//     load them with PerformerLM::LoadProjections to reproduce a model's
-//     random features),
-//   - the local heads' "...local_attn.rel_pos.inv_freq" and, with rotary
-//     positions, "pos_emb.emb" and "layer_pos_emb.emb" (recomputed tables),
-//   - "performer.proj_updater.calls_since_last_redraw" (a counter) and every
-//     "performer.proj_updater.instance.*" key: ProjectionUpdater keeps the
-//     layer list as a submodule, so the state_dict repeats every tensor of
-//     "performer.net.*" under that name.
-// An exported file therefore loads into PyTorch with strict=False.
+// element count), the FAVOR projections included (ParamStore buffers).
+// Fixed tensors (skipped on import, written on export): with rotary positions
+// "pos_emb.emb" [max_seq_len, dim] and "layer_pos_emb.emb" [max_seq_len,
+// dim_head] and the local heads' "...local_attn.rel_pos.inv_freq". The
+// redraw counter "performer.proj_updater.calls_since_last_redraw" (int64 ())
+// maps to the stack's float buffer [1].
+// Aliases: ProjectionUpdater keeps the layer list as a submodule, so the
+// state_dict repeats every tensor of "performer.net.*" under
+// "performer.proj_updater.instance.*". An exported file loads into PyTorch
+// with strict=True.
 //
 // Example:
 //   FTX_ASSIGN_OR_RETURN(StateDictMap map, PerformerStateDictMap(config));

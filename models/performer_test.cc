@@ -87,6 +87,7 @@ class PerformerTest : public ::testing::Test {
     // ones and zeros) so that every path carries gradient.
     int64_t seed = 100;
     store_->ForEachParam([&](ParamSlot slot) {
+      if (!slot.trainable) return;  // projections and the redraw counter
       const std::vector<float> noise =
           RandomUniformVector(slot.value.NumElements(), seed++, -0.3, 0.3);
       for (int64_t i = 0; i < slot.value.NumElements(); ++i) {
@@ -145,6 +146,7 @@ class PerformerTest : public ::testing::Test {
     std::vector<float*> entries;
     std::vector<double> x, analytic;
     store_->ForEachParam([&](ParamSlot slot) {
+      if (!slot.trainable) return;  // the projections get no gradient
       for (int64_t i = 0; i < slot.value.NumElements(); ++i) {
         entries.push_back(slot.value.data() + i);
         x.push_back(slot.value.data()[i]);
@@ -195,7 +197,17 @@ TEST_F(PerformerTest, ParameterNamesAreStateDictKeys) {
   EXPECT_FALSE(store_->Contains("performer.net.layers.0.0.fn.fn.to_q.bias"));
   EXPECT_EQ(model_->performer().ProjectionNames()[1],
             "net.layers.1.0.fn.fn.fast_attention.projection_matrix");
-  EXPECT_EQ(model_->performer().BufferNames().size(), 4u);
+  EXPECT_EQ(model_->performer().LocalRotaryNames(),
+            (std::vector<std::string>{
+                "net.layers.0.0.fn.fn.local_attn.rel_pos.inv_freq",
+                "net.layers.1.0.fn.fn.local_attn.rel_pos.inv_freq"}));
+  // The projections and the redraw counter are buffers of the store.
+  store_->ForEachParam([](const ParamSlot& slot) {
+    const bool buffer =
+        slot.name.find("projection_matrix") != std::string::npos ||
+        slot.name == "performer.proj_updater.calls_since_last_redraw";
+    EXPECT_EQ(slot.trainable, !buffer) << slot.name;
+  });
 
   PerformerLMConfig reversible = TinyConfig();
   reversible.performer.reversible = true;
@@ -301,18 +313,24 @@ TEST_F(PerformerTest, ProjectionsRedrawOnTrainingForwardIntervalPlusOne) {
   config.performer.feature_redraw_interval = 2;
   Build(config);
   Performer& stack = model_->performer();
-  auto first_entry = [&]() { return stack.Projection(0).data<float>()[0]; };
+  const TensorView<float> projection =
+      store_->Value("performer." + stack.ProjectionNames()[0]).value();
+  auto first_entry = [&]() { return projection.data()[0]; };
+  const float* calls_since_last_redraw =
+      store_->Value("performer.proj_updater.calls_since_last_redraw")
+          .value()
+          .data();
   const float initial = first_entry();
   PerformerLMInputs training;
   training.training = true;
   Run({}, 2);  // evaluation forwards do not count
-  EXPECT_EQ(stack.calls_since_last_redraw(), 0);
+  EXPECT_EQ(*calls_since_last_redraw, 0.0f);
   Run(training, 2);
   Run(training, 2);
-  EXPECT_EQ(stack.calls_since_last_redraw(), 2);
+  EXPECT_EQ(*calls_since_last_redraw, 2.0f);
   EXPECT_EQ(first_entry(), initial);
   Run(training, 2);  // forward number interval + 1 redraws
-  EXPECT_EQ(stack.calls_since_last_redraw(), 0);
+  EXPECT_EQ(*calls_since_last_redraw, 0.0f);
   EXPECT_NE(first_entry(), initial);
   const float redrawn = first_entry();
   stack.FixProjectionMatrices();
@@ -382,6 +400,7 @@ TEST_F(PerformerTest, EncoderDecoderGradients) {
   std::vector<float*> entries;
   std::vector<double> x, analytic;
   store->ForEachParam([&](ParamSlot slot) {
+    if (!slot.trainable) return;
     for (int64_t i = 0; i < slot.value.NumElements(); ++i) {
       entries.push_back(slot.value.data() + i);
       x.push_back(slot.value.data()[i]);
@@ -493,15 +512,6 @@ TEST_F(PerformerTest, InputErrors) {
   status = model_->Backward(*ctx_, *store_, out,
                             TensorView<float>(d_context.data(), {2, 4, 8}));
   EXPECT_NE(status.message().find("d_context"), std::string::npos) << status;
-
-  Performer& stack = model_->performer();
-  std::vector<float> wrong(3 * 4);
-  status =
-      stack.SetProjection(0, TensorView<const float>(wrong.data(), {3, 4}));
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  status =
-      stack.SetProjection(9, TensorView<const float>(wrong.data(), {3, 4}));
-  EXPECT_NE(status.message().find("index 9"), std::string::npos) << status;
 }
 
 TEST_F(PerformerTest, JsonConfigBuildsAndRuns) {
@@ -551,16 +561,33 @@ TEST_F(PerformerTest, StateDictConverterRoundTrip) {
   auto shapes = (*converter)->reference_shapes(json);
   ASSERT_TRUE(shapes.ok()) << shapes.status();
   EXPECT_TRUE(shapes->at("performer.net.layers.0.0.g").empty());
-  const auto& ignored = map->ignored;
+  EXPECT_TRUE(map->ignored.empty());
+  auto has_fixed = [&](const std::string& name) {
+    return std::any_of(map->fixed.begin(), map->fixed.end(),
+                       [&](const StateDictFixedTensor& fixed) {
+                         return fixed.reference == name;
+                       });
+  };
   for (const char* name :
-       {"pos_emb.emb", "performer.proj_updater.calls_since_last_redraw",
-        "performer.net.layers.0.0.fn.local_attn.rel_pos.inv_freq",
-        "performer.proj_updater.instance.layers.1.0.fn.fast_attention."
-        "projection_matrix",
-        "performer.proj_updater.instance.layers.1.1.fn.fn.w2.bias"}) {
-    EXPECT_NE(std::find(ignored.begin(), ignored.end(), name), ignored.end())
-        << name;
+       {"pos_emb.emb", "layer_pos_emb.emb",
+        "performer.net.layers.0.0.fn.local_attn.rel_pos.inv_freq"}) {
+    EXPECT_TRUE(has_fixed(name)) << name;
   }
+  auto alias_of = [&](const std::string& name) -> std::string {
+    for (const StateDictAlias& alias : map->aliases) {
+      if (alias.reference == name) return alias.same_as;
+    }
+    return "";
+  };
+  EXPECT_EQ(alias_of("performer.proj_updater.instance.layers.1.0.fn."
+                     "fast_attention.projection_matrix"),
+            "performer.net.layers.1.0.fn.fast_attention.projection_matrix");
+  EXPECT_EQ(
+      alias_of("performer.proj_updater.instance.layers.1.1.fn.fn.w2.bias"),
+      "performer.net.layers.1.1.fn.fn.w2.bias");
+  EXPECT_EQ(alias_of("performer.proj_updater.instance.layers.0.0.fn.local_attn."
+                     "rel_pos.inv_freq"),
+            "performer.net.layers.0.0.fn.local_attn.rel_pos.inv_freq");
 
   auto config = PerformerLMConfigFromJson(json);
   ASSERT_TRUE(config.ok());

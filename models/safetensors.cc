@@ -415,33 +415,47 @@ const char* StoredDTypeName(DType dtype) {
   }
 }
 
+// Checks one tensor to write; `names` collects the names seen so far.
+template <typename T>
+absl::Status CheckTensorToWrite(const std::string& name,
+                                const TensorView<const T>& view,
+                                std::set<std::string>& names) {
+  if (name.empty() || name == kMetadataKey || !IsValidUtf8(name)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor name \"", name, "\" is empty, reserved or not valid UTF-8"));
+  }
+  if (!names.insert(name).second) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor name \"", name, "\" appears twice"));
+  }
+  if (!view.shape().IsValid()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor \"", name, "\" has invalid shape ", view.shape().ToString()));
+  }
+  if (view.device().type != DeviceType::kCpu) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor \"", name, "\" is on ",
+                     DeviceTypeName(view.device().type), ", expected cpu"));
+  }
+  if (view.data() == nullptr && view.NumElements() > 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor \"", name, "\" has null data for shape ",
+                     view.shape().ToString()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckTensorsToWrite(
     const std::vector<std::pair<std::string, TensorView<const float>>>& tensors,
+    const std::vector<std::pair<std::string, TensorView<const int64_t>>>&
+        int64_tensors,
     const std::map<std::string, std::string>& metadata) {
   std::set<std::string> names;
   for (const auto& [name, view] : tensors) {
-    if (name.empty() || name == kMetadataKey || !IsValidUtf8(name)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor name \"", name, "\" is empty, reserved or not valid UTF-8"));
-    }
-    if (!names.insert(name).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor name \"", name, "\" appears twice"));
-    }
-    if (!view.shape().IsValid()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor \"", name, "\" has invalid shape ", view.shape().ToString()));
-    }
-    if (view.device().type != DeviceType::kCpu) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor \"", name, "\" is on ",
-                       DeviceTypeName(view.device().type), ", expected cpu"));
-    }
-    if (view.data() == nullptr && view.NumElements() > 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor \"", name, "\" has null data for shape ",
-                       view.shape().ToString()));
-    }
+    FTX_RETURN_IF_ERROR(CheckTensorToWrite(name, view, names));
+  }
+  for (const auto& [name, view] : int64_tensors) {
+    FTX_RETURN_IF_ERROR(CheckTensorToWrite(name, view, names));
   }
   for (const auto& [key, value] : metadata) {
     if (!IsValidUtf8(key) || !IsValidUtf8(value)) {
@@ -455,6 +469,8 @@ absl::Status CheckTensorsToWrite(
 absl::Status WriteSafetensorsImpl(
     const std::string& path,
     const std::vector<std::pair<std::string, TensorView<const float>>>& tensors,
+    const std::vector<std::pair<std::string, TensorView<const int64_t>>>&
+        int64_tensors,
     const SafetensorsWriteOptions& options) {
   const char* dtype_name = StoredDTypeName(options.dtype);
   if (dtype_name == nullptr) {
@@ -462,20 +478,28 @@ absl::Status WriteSafetensorsImpl(
         absl::StrCat("dtype ", DTypeName(options.dtype),
                      " cannot be written, expected f32, f16 or bf16"));
   }
-  FTX_RETURN_IF_ERROR(CheckTensorsToWrite(tensors, options.metadata));
+  FTX_RETURN_IF_ERROR(
+      CheckTensorsToWrite(tensors, int64_tensors, options.metadata));
 
   Json header = Json::object();
   if (!options.metadata.empty()) header[kMetadataKey] = options.metadata;
   int64_t offset = 0;
-  for (const auto& [name, view] : tensors) {
-    const int64_t bytes =
-        view.NumElements() * static_cast<int64_t>(SizeOf(options.dtype));
-    std::vector<int64_t> shape(view.shape().dims().begin(),
-                               view.shape().dims().begin() + view.rank());
-    header[name] = {{"dtype", dtype_name},
-                    {"shape", shape},
+  auto describe = [&](const std::string& name, const Shape& shape,
+                      const char* stored_dtype, int64_t element_bytes) {
+    const int64_t bytes = shape.NumElements() * element_bytes;
+    std::vector<int64_t> dims(shape.dims().begin(),
+                              shape.dims().begin() + shape.rank());
+    header[name] = {{"dtype", stored_dtype},
+                    {"shape", dims},
                     {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
+  };
+  for (const auto& [name, view] : tensors) {
+    describe(name, view.shape(), dtype_name,
+             static_cast<int64_t>(SizeOf(options.dtype)));
+  }
+  for (const auto& [name, view] : int64_tensors) {
+    describe(name, view.shape(), "I64", sizeof(int64_t));
   }
   std::string header_text =
       header.dump(-1, ' ', false, Json::error_handler_t::replace);
@@ -490,6 +514,11 @@ absl::Status WriteSafetensorsImpl(
   ChunkedWriter writer(file);
   for (const auto& tensor : tensors) {
     AppendElements(tensor.second, options.dtype, writer);
+  }
+  for (const auto& tensor : int64_tensors) {
+    ForEachElement(tensor.second, [&](int64_t, const int64_t& value) {
+      writer.Append(&value, sizeof(value));
+    });
   }
   FTX_RETURN_IF_ERROR(writer.Finish());
   return file.Commit();
@@ -770,7 +799,17 @@ absl::Status WriteSafetensors(
     const std::string& path,
     const std::vector<std::pair<std::string, TensorView<const float>>>& tensors,
     const SafetensorsWriteOptions& options) {
-  absl::Status status = WriteSafetensorsImpl(path, tensors, options);
+  return WriteSafetensors(path, tensors, {}, options);
+}
+
+absl::Status WriteSafetensors(
+    const std::string& path,
+    const std::vector<std::pair<std::string, TensorView<const float>>>& tensors,
+    const std::vector<std::pair<std::string, TensorView<const int64_t>>>&
+        int64_tensors,
+    const SafetensorsWriteOptions& options) {
+  absl::Status status =
+      WriteSafetensorsImpl(path, tensors, int64_tensors, options);
   if (status.ok()) return status;
   return absl::Status(status.code(), absl::StrCat("WriteSafetensors(", path,
                                                   "): ", status.message()));

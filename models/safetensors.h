@@ -131,6 +131,14 @@ absl::Status WriteSafetensors(
     const std::string& path,
     const std::vector<std::pair<std::string, TensorView<const float>>>& tensors,
     const SafetensorsWriteOptions& options = {});
+// The same plus integer tensors, stored as I64 after the float ones (buffers
+// such as counters; names unique across both lists).
+absl::Status WriteSafetensors(
+    const std::string& path,
+    const std::vector<std::pair<std::string, TensorView<const float>>>& tensors,
+    const std::vector<std::pair<std::string, TensorView<const int64_t>>>&
+        int64_tensors,
+    const SafetensorsWriteOptions& options = {});
 
 // Writes every parameter value of `store` under its name, in ForEachParam
 // order.

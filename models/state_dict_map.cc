@@ -1,7 +1,9 @@
 #include "models/state_dict_map.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <deque>
 #include <set>
 #include <utility>
 
@@ -38,8 +40,8 @@ absl::StatusOr<Shape> ShapeOfDims(const std::vector<int64_t>& dims,
       return Shape{dims[0], dims[1], dims[2], dims[3]};
     default:
       return absl::InvalidArgumentError(
-          absl::StrCat("reference tensor \"", name, "\" has rank ",
-                       dims.size(), "; at most 4 is supported"));
+          absl::StrCat("reference tensor \"", name, "\" has rank ", dims.size(),
+                       "; at most 4 is supported"));
   }
 }
 
@@ -72,17 +74,17 @@ absl::StatusOr<Placement> Place(const StateDictRule& rule,
   }
   const int64_t row_size = total / dims[0];
   if (row_size == 0 || ftx_elements % row_size != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ftx parameter \"", rule.ftx, "\" (", ftx_elements,
-        " elements) is not a whole number of rows of ", library, " tensor \"",
-        rule.reference, "\" ", DimsString(dims)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ftx parameter \"", rule.ftx, "\" (", ftx_elements,
+                     " elements) is not a whole number of rows of ", library,
+                     " tensor \"", rule.reference, "\" ", DimsString(dims)));
   }
   const int64_t rows = ftx_elements / row_size;
   if (rule.row_offset + rows > dims[0]) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "rows [", rule.row_offset, ", ", rule.row_offset + rows, ") for \"",
-        rule.ftx, "\" lie outside ", library, " tensor \"", rule.reference,
-        "\" ", DimsString(dims)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("rows [", rule.row_offset, ", ", rule.row_offset + rows,
+                     ") for \"", rule.ftx, "\" lie outside ", library,
+                     " tensor \"", rule.reference, "\" ", DimsString(dims)));
   }
   return Placement{rule.row_offset * row_size, rows * row_size};
 }
@@ -92,17 +94,16 @@ absl::StatusOr<Placement> Place(const StateDictRule& rule,
 absl::Status CheckCoverage(std::vector<Placement> placements, int64_t total,
                            absl::string_view reference,
                            absl::string_view library) {
-  std::sort(placements.begin(), placements.end(),
-            [](const Placement& a, const Placement& b) {
-              return a.begin < b.begin;
-            });
+  std::sort(
+      placements.begin(), placements.end(),
+      [](const Placement& a, const Placement& b) { return a.begin < b.begin; });
   int64_t next = 0;
   for (const Placement& placement : placements) {
     if (placement.begin != next) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          library, " tensor \"", reference, "\": the rules ",
-          placement.begin < next ? "overlap" : "leave a gap", " at element ",
-          std::min(next, placement.begin)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(library, " tensor \"", reference, "\": the rules ",
+                       placement.begin < next ? "overlap" : "leave a gap",
+                       " at element ", std::min(next, placement.begin)));
     }
     next += placement.count;
   }
@@ -139,6 +140,35 @@ void Scatter(const float* in, TensorView<float> view) {
         for (int64_t d = 0; d < d3; ++d) view.at(a, b, c, d) = *in++;
 }
 
+// 1 / base^(index / dim) in float32, as torch evaluates
+// 1. / (base ** (torch.arange(0, dim, 2).float() / dim)).
+float InverseFrequency(int64_t index, int64_t dim, double base) {
+  const float exponent = static_cast<float>(index) / static_cast<float>(dim);
+  return 1.0f / std::pow(static_cast<float>(base), exponent);
+}
+
+// An alias must repeat its key exactly: same dtype, shape and bytes.
+absl::Status CheckAlias(const SafetensorsFile& file,
+                        const StateDictAlias& alias,
+                        absl::string_view library) {
+  FTX_ASSIGN_OR_RETURN(const SafetensorsEntry* repeated,
+                       file.Find(alias.reference));
+  absl::StatusOr<const SafetensorsEntry*> original = file.Find(alias.same_as);
+  // A fixed tensor need not be in the file; then there is nothing to compare.
+  if (!original.ok()) return absl::OkStatus();
+  if (repeated->dtype != (*original)->dtype ||
+      repeated->shape != (*original)->shape ||
+      file.Bytes(*repeated) != file.Bytes(**original)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "loading a ", library, " state_dict from ", file.source(), ": \"",
+        alias.reference, "\" (", repeated->dtype, " ", repeated->ShapeString(),
+        ") should repeat \"", alias.same_as, "\" (", (*original)->dtype, " ",
+        (*original)->ShapeString(),
+        ") but differs; the tensors are tied in the reference model"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ValidateStateDictMap(const StateDictMap& map, ParamStore& store) {
@@ -147,9 +177,9 @@ absl::Status ValidateStateDictMap(const StateDictMap& map, ParamStore& store) {
   std::map<std::string, std::set<int64_t>> block_offsets;
   for (const StateDictRule& rule : map.rules) {
     if (rule.reference.empty() || rule.ftx.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          map.library, " map: a rule has an empty name (\"", rule.reference,
-          "\" -> \"", rule.ftx, "\")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(map.library, " map: a rule has an empty name (\"",
+                       rule.reference, "\" -> \"", rule.ftx, "\")"));
     }
     if (!ftx_names.insert(rule.ftx).second) {
       return absl::InvalidArgumentError(
@@ -161,6 +191,11 @@ absl::Status ValidateStateDictMap(const StateDictMap& map, ParamStore& store) {
           absl::StrCat(map.library, " map: ftx parameter \"", rule.ftx,
                        "\" is not in the model"));
     }
+    if (rule.int64 && rule.row_offset >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(map.library, " map: integer tensor \"", rule.reference,
+                       "\" cannot be split into row blocks"));
+    }
     if (rule.row_offset < 0) {
       if (!whole_references.insert(rule.reference).second ||
           block_offsets.count(rule.reference) > 0) {
@@ -171,19 +206,48 @@ absl::Status ValidateStateDictMap(const StateDictMap& map, ParamStore& store) {
     } else {
       if (whole_references.count(rule.reference) > 0 ||
           !block_offsets[rule.reference].insert(rule.row_offset).second) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            map.library, " map: rows of \"", rule.reference, "\" at offset ",
-            rule.row_offset, " are used twice"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(map.library, " map: rows of \"", rule.reference,
+                         "\" at offset ", rule.row_offset, " are used twice"));
       }
     }
   }
-  for (const std::string& ignored : map.ignored) {
-    if (whole_references.count(ignored) > 0 ||
-        block_offsets.count(ignored) > 0) {
+  // Every reference key has one role.
+  std::set<std::string> claimed = whole_references;
+  for (const auto& [reference, offsets] : block_offsets) {
+    claimed.insert(reference);
+  }
+  auto claim = [&](const std::string& reference,
+                   absl::string_view role) -> absl::Status {
+    if (reference.empty() || !claimed.insert(reference).second) {
       return absl::InvalidArgumentError(
-          absl::StrCat(map.library, " map: \"", ignored,
-                       "\" is both ignored and used by a rule"));
+          absl::StrCat(map.library, " map: ", role, " \"", reference,
+                       "\" is empty or already used by a rule, an alias, a "
+                       "fixed tensor or the ignored list"));
     }
+    return absl::OkStatus();
+  };
+  std::set<std::string> providers = claimed;
+  for (const StateDictFixedTensor& fixed : map.fixed) {
+    FTX_RETURN_IF_ERROR(claim(fixed.reference, "fixed tensor"));
+    FTX_RETURN_IF_ERROR(ShapeOfDims(fixed.shape, fixed.reference).status());
+    if (static_cast<int64_t>(fixed.values.size()) != Product(fixed.shape)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          map.library, " map: fixed tensor \"", fixed.reference, "\" of shape ",
+          DimsString(fixed.shape), " has ", fixed.values.size(), " values"));
+    }
+    providers.insert(fixed.reference);
+  }
+  for (const StateDictAlias& alias : map.aliases) {
+    FTX_RETURN_IF_ERROR(claim(alias.reference, "alias"));
+    if (providers.count(alias.same_as) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          map.library, " map: alias \"", alias.reference, "\" repeats \"",
+          alias.same_as, "\", which no rule or fixed tensor provides"));
+    }
+  }
+  for (const std::string& ignored : map.ignored) {
+    FTX_RETURN_IF_ERROR(claim(ignored, "ignored key"));
   }
   std::string unmapped;
   int unmapped_count = 0;
@@ -196,9 +260,9 @@ absl::Status ValidateStateDictMap(const StateDictMap& map, ParamStore& store) {
     }
   });
   if (unmapped_count > 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        map.library, " map: ", unmapped_count,
-        " ftx parameter(s) have no rule, e.g. ", unmapped));
+    return absl::InvalidArgumentError(
+        absl::StrCat(map.library, " map: ", unmapped_count,
+                     " ftx parameter(s) have no rule, e.g. ", unmapped));
   }
   return absl::OkStatus();
 }
@@ -206,26 +270,31 @@ absl::Status ValidateStateDictMap(const StateDictMap& map, ParamStore& store) {
 absl::Status ImportStateDict(const SafetensorsFile& file,
                              const StateDictMap& map, ParamStore& store) {
   FTX_RETURN_IF_ERROR(ValidateStateDictMap(map, store));
-  const std::set<std::string> ignored(map.ignored.begin(), map.ignored.end());
-  std::set<std::string> used;
-  for (const StateDictRule& rule : map.rules) used.insert(rule.reference);
+  // Required keys: rules and aliases; tolerated: fixed tensors and ignored.
+  std::set<std::string> required;
+  for (const StateDictRule& rule : map.rules) required.insert(rule.reference);
+  for (const StateDictAlias& alias : map.aliases) {
+    required.insert(alias.reference);
+  }
+  std::set<std::string> known(map.ignored.begin(), map.ignored.end());
+  for (const StateDictFixedTensor& fixed : map.fixed) {
+    known.insert(fixed.reference);
+  }
+  known.insert(required.begin(), required.end());
 
   std::vector<std::string> unexpected;
   for (const SafetensorsEntry& entry : file.entries()) {
-    if (used.count(entry.name) == 0 && ignored.count(entry.name) == 0) {
-      unexpected.push_back(entry.name);
-    }
+    if (known.count(entry.name) == 0) unexpected.push_back(entry.name);
   }
   std::vector<std::string> missing;
-  for (const std::string& name : used) {
+  for (const std::string& name : required) {
     if (!file.Find(name).ok()) missing.push_back(name);
   }
   if (!missing.empty() || !unexpected.empty()) {
     const auto first = [](const std::vector<std::string>& names) {
       std::vector<std::string> shown(
           names.begin(), names.begin() + std::min<size_t>(names.size(), 3));
-      return absl::StrCat(names.size(), " (",
-                          absl::StrJoin(shown, ", "),
+      return absl::StrCat(names.size(), " (", absl::StrJoin(shown, ", "),
                           names.size() > 3 ? ", ..." : "", ")");
     };
     return absl::InvalidArgumentError(absl::StrCat(
@@ -250,9 +319,16 @@ absl::Status ImportStateDict(const SafetensorsFile& file,
     if (reference_values.count(rule.reference) > 0) continue;
     std::vector<float>& values = reference_values[rule.reference];
     values.resize(entry->NumElements());
-    // ReadFloat checks the stored shape: read through a view of it.
+    // The reads check the stored shape: read through a view of it.
     FTX_ASSIGN_OR_RETURN(Shape stored_shape,
                          ShapeOfDims(entry->shape, rule.reference));
+    if (rule.int64) {
+      std::vector<int64_t> integers(values.size());
+      FTX_RETURN_IF_ERROR(file.ReadInt64(
+          rule.reference, TensorView<int64_t>(integers.data(), stored_shape)));
+      std::copy(integers.begin(), integers.end(), values.begin());
+      continue;
+    }
     FTX_RETURN_IF_ERROR(file.ReadFloat(
         rule.reference, TensorView<float>(values.data(), stored_shape)));
   }
@@ -260,6 +336,9 @@ absl::Status ImportStateDict(const SafetensorsFile& file,
     FTX_RETURN_IF_ERROR(CheckCoverage(
         list, static_cast<int64_t>(reference_values[reference].size()),
         reference, map.library));
+  }
+  for (const StateDictAlias& alias : map.aliases) {
+    FTX_RETURN_IF_ERROR(CheckAlias(file, alias, map.library));
   }
   // Everything checked: write the store.
   for (size_t i = 0; i < map.rules.size(); ++i) {
@@ -286,6 +365,9 @@ absl::Status ExportStateDict(
   }
   std::vector<Tensor> tensors;
   std::vector<std::pair<std::string, TensorView<const float>>> views;
+  std::deque<std::vector<int64_t>> integers;
+  std::vector<std::pair<std::string, TensorView<const int64_t>>> int64_views;
+  std::map<std::string, size_t> float_view_of, int64_view_of;
   for (const std::string& reference : order) {
     std::vector<int64_t> dims;
     if (auto it = reference_shapes.find(reference);
@@ -317,10 +399,77 @@ absl::Status ExportStateDict(
     }
     FTX_RETURN_IF_ERROR(
         CheckCoverage(placements, Product(dims), reference, map.library));
+    if (map.rules[rules_of[reference].front()].int64) {
+      const TensorView<float> rounded = tensor.view<float>();
+      integers.emplace_back(rounded.NumElements());
+      for (int64_t i = 0; i < rounded.NumElements(); ++i) {
+        integers.back()[i] = std::llround(rounded.data()[i]);
+      }
+      int64_view_of[reference] = int64_views.size();
+      int64_views.emplace_back(
+          reference, TensorView<const int64_t>(integers.back().data(), shape));
+      continue;
+    }
+    float_view_of[reference] = views.size();
     views.emplace_back(reference, tensor.view<float>());
     tensors.push_back(std::move(tensor));
   }
-  return WriteSafetensors(path, views, options);
+  // Fixed tensors, then aliases viewing what they repeat.
+  for (const StateDictFixedTensor& fixed : map.fixed) {
+    FTX_ASSIGN_OR_RETURN(Shape shape,
+                         ShapeOfDims(fixed.shape, fixed.reference));
+    if (fixed.int64) {
+      integers.emplace_back(fixed.values.begin(), fixed.values.end());
+      int64_view_of[fixed.reference] = int64_views.size();
+      int64_views.emplace_back(
+          fixed.reference,
+          TensorView<const int64_t>(integers.back().data(), shape));
+      continue;
+    }
+    FTX_ASSIGN_OR_RETURN(Tensor tensor, Tensor::Create(DType::kF32, shape));
+    std::copy(fixed.values.begin(), fixed.values.end(),
+              tensor.view<float>().data());
+    float_view_of[fixed.reference] = views.size();
+    views.emplace_back(fixed.reference, tensor.view<float>());
+    tensors.push_back(std::move(tensor));
+  }
+  for (const StateDictAlias& alias : map.aliases) {
+    if (auto it = float_view_of.find(alias.same_as);
+        it != float_view_of.end()) {
+      views.emplace_back(alias.reference, views[it->second].second);
+    } else {
+      int64_views.emplace_back(
+          alias.reference, int64_views[int64_view_of.at(alias.same_as)].second);
+    }
+  }
+  return WriteSafetensors(path, views, int64_views, options);
+}
+
+StateDictFixedTensor InverseFrequencies(std::string reference, int64_t dim,
+                                        double base) {
+  StateDictFixedTensor fixed{std::move(reference), {(dim + 1) / 2}, {}, false};
+  for (int64_t i = 0; i < dim; i += 2) {
+    fixed.values.push_back(InverseFrequency(i, dim, base));
+  }
+  return fixed;
+}
+
+StateDictFixedTensor FixedSinusoidTable(std::string reference,
+                                        int64_t max_seq_len, int64_t dim) {
+  const int64_t half = (dim + 1) / 2;
+  StateDictFixedTensor fixed{
+      std::move(reference), {max_seq_len, 2 * half}, {}, false};
+  fixed.values.resize(max_seq_len * 2 * half);
+  for (int64_t t = 0; t < max_seq_len; ++t) {
+    for (int64_t i = 0; i < half; ++i) {
+      // torch: float32 position times float32 inv_freq, then sin / cos.
+      const float angle =
+          static_cast<float>(t) * InverseFrequency(2 * i, dim, 10000.0);
+      fixed.values[t * 2 * half + i] = std::sin(angle);
+      fixed.values[t * 2 * half + half + i] = std::cos(angle);
+    }
+  }
+  return fixed;
 }
 
 absl::Status StateDictConverterRegistry::Register(
@@ -333,9 +482,8 @@ absl::Status StateDictConverterRegistry::Register(
   }
   const std::string name = converter.library;
   if (!converters_.emplace(name, std::move(converter)).second) {
-    return absl::AlreadyExistsError(
-        absl::StrCat("state-dict converter \"", name,
-                     "\" is already registered"));
+    return absl::AlreadyExistsError(absl::StrCat(
+        "state-dict converter \"", name, "\" is already registered"));
   }
   return absl::OkStatus();
 }

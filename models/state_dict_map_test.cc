@@ -1,5 +1,6 @@
 #include "models/state_dict_map.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -12,8 +13,8 @@
 namespace ftx {
 namespace {
 
-using ::testing::HasSubstr;
 using ::ftx::testing::RandomNormalVector;
+using ::testing::HasSubstr;
 
 std::string TempPath(absl::string_view name) {
   const char* dir = std::getenv("TEST_TMPDIR");
@@ -36,11 +37,13 @@ ParamStore MakeStore() {
 }
 
 StateDictMap MakeMap() {
-  StateDictMap map{"test-lib", {}, {"counter"}};
+  StateDictMap map;
+  map.library = "test-lib";
+  map.ignored = {"counter"};
   const char* names[] = {"q", "k", "v"};
   for (int i = 0; i < 3; ++i) {
-    map.rules.push_back({"in_proj_weight",
-                         absl::StrCat("attn.", names[i], ".weight"), 4 * i});
+    map.rules.push_back(
+        {"in_proj_weight", absl::StrCat("attn.", names[i], ".weight"), 4 * i});
     map.rules.push_back(
         {"in_proj_bias", absl::StrCat("attn.", names[i], ".bias"), 4 * i});
   }
@@ -67,8 +70,8 @@ std::string WriteReference(const std::vector<float>& packed_weight,
                            const std::vector<float>& norm, bool with_extra) {
   std::vector<float> counter = {7.0f};
   std::vector<std::pair<std::string, TensorView<const float>>> tensors = {
-      {"in_proj_weight", TensorView<const float>(packed_weight.data(),
-                                                 Shape{12, 4})},
+      {"in_proj_weight",
+       TensorView<const float>(packed_weight.data(), Shape{12, 4})},
       {"in_proj_bias", TensorView<const float>(packed_bias.data(), Shape{12})},
       {"heads.weight", TensorView<const float>(mix.data(), Shape{3, 3, 1, 1})},
       {"ln.weight", TensorView<const float>(norm.data(), Shape{4})},
@@ -77,9 +80,8 @@ std::string WriteReference(const std::vector<float>& packed_weight,
     tensors.push_back(
         {"stray", TensorView<const float>(counter.data(), Shape{1})});
   }
-  const std::string path =
-      TempPath(with_extra ? "reference_extra.safetensors"
-                          : "reference.safetensors");
+  const std::string path = TempPath(with_extra ? "reference_extra.safetensors"
+                                               : "reference.safetensors");
   EXPECT_TRUE(WriteSafetensors(path, tensors).ok());
   return path;
 }
@@ -196,7 +198,126 @@ TEST(StateDictMapTest, RejectsInconsistentMaps) {
   StateDictMap ignored_and_used = MakeMap();
   ignored_and_used.ignored.push_back("ln.weight");
   EXPECT_THAT(ValidateStateDictMap(ignored_and_used, store).message(),
-              HasSubstr("both ignored and used"));
+              HasSubstr("\"ln.weight\" is empty or already used"));
+
+  StateDictMap dangling = MakeMap();
+  dangling.aliases.push_back({"ln2.weight", "ln.bias"});
+  EXPECT_THAT(ValidateStateDictMap(dangling, store).message(),
+              HasSubstr("which no rule or fixed tensor provides"));
+
+  StateDictMap short_fixed = MakeMap();
+  short_fixed.fixed.push_back({"table", {2, 3}, {1.0, 2.0}});
+  EXPECT_THAT(ValidateStateDictMap(short_fixed, store).message(),
+              HasSubstr("\"table\" of shape [2, 3] has 2 values"));
+}
+
+// MakeMap plus a tied copy of the norm, a float table and an int64 counter.
+StateDictMap MapWithBuffers() {
+  StateDictMap map = MakeMap();
+  map.aliases.push_back({"ln_copy.weight", "ln.weight"});
+  map.fixed.push_back(InverseFrequencies("rotary.inv_freq", 8));
+  map.fixed.push_back({"steps", {}, {3.0}, /*int64=*/true});
+  map.aliases.push_back({"copy.steps", "steps"});
+  return map;
+}
+
+TEST(StateDictMapTest, ExportWritesAliasesAndFixedTensors) {
+  ParamStore source = MakeStore();
+  FillRandom(source, 12);
+  const std::string path = TempPath("buffers.safetensors");
+  ASSERT_TRUE(
+      ExportStateDict(source, MapWithBuffers(), kReferenceShapes, path).ok());
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ(file->Bytes(**file->Find("ln_copy.weight")),
+            file->Bytes(**file->Find("ln.weight")));
+  auto inv_freq = file->ReadFloat("rotary.inv_freq");
+  ASSERT_TRUE(inv_freq.ok());
+  ASSERT_EQ(inv_freq->shape(), Shape({4}));
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_NEAR(inv_freq->view<float>().at(i), std::pow(10000.0, -2.0 * i / 8),
+                1e-7);
+  }
+  for (const char* counter : {"steps", "copy.steps"}) {
+    const SafetensorsEntry* entry = *file->Find(counter);
+    EXPECT_EQ(entry->dtype, "I64");
+    EXPECT_TRUE(entry->shape.empty());
+    int64_t value = 0;
+    ASSERT_TRUE(
+        file->ReadInt64(counter, TensorView<int64_t>(&value, Shape{})).ok());
+    EXPECT_EQ(value, 3);
+  }
+  ParamStore restored = MakeStore();
+  ASSERT_TRUE(ImportStateDict(*file, MapWithBuffers(), restored).ok());
+  for (int64_t i = 0; i < source.NumParams(); ++i) {
+    EXPECT_EQ(restored.values().data()[i], source.values().data()[i]) << i;
+  }
+}
+
+TEST(StateDictMapTest, ImportNeedsAliasesThatRepeatTheirTensor) {
+  const auto weight = RandomNormalVector<float>(48, 1);
+  const auto bias = RandomNormalVector<float>(12, 2);
+  const auto mix = RandomNormalVector<float>(9, 3);
+  const auto norm = RandomNormalVector<float>(4, 4);
+  auto file = SafetensorsFile::Open(
+      WriteReference(weight, bias, mix, norm, /*with_extra=*/false));
+  ASSERT_TRUE(file.ok());
+  ParamStore store = MakeStore();
+  StateDictMap map = MakeMap();
+  map.aliases.push_back({"ln_copy.weight", "ln.weight"});
+  EXPECT_THAT(ImportStateDict(*file, map, store).message(),
+              HasSubstr("missing keys 1 (ln_copy.weight)"));
+
+  // A copy that differs in one element is an error; an equal one loads.
+  std::vector<float> counter = {7.0f};
+  std::vector<float> packed_weight = weight, packed_bias = bias;
+  const std::vector<float> changed = [&norm] {
+    std::vector<float> values = norm;
+    values[2] += 1.0f;
+    return values;
+  }();
+  for (const std::vector<float>* copy : {&changed, &norm}) {
+    const std::string path = TempPath("tied.safetensors");
+    ASSERT_TRUE(
+        WriteSafetensors(
+            path,
+            {{"in_proj_weight",
+              TensorView<const float>(packed_weight.data(), Shape{12, 4})},
+             {"in_proj_bias",
+              TensorView<const float>(packed_bias.data(), Shape{12})},
+             {"heads.weight",
+              TensorView<const float>(mix.data(), Shape{3, 3, 1, 1})},
+             {"ln.weight", TensorView<const float>(norm.data(), Shape{4})},
+             {"ln_copy.weight",
+              TensorView<const float>(copy->data(), Shape{4})},
+             {"counter", TensorView<const float>(counter.data(), Shape{1})}})
+            .ok());
+    auto tied = SafetensorsFile::Open(path);
+    ASSERT_TRUE(tied.ok());
+    const absl::Status status = ImportStateDict(*tied, map, store);
+    if (copy == &changed) {
+      EXPECT_THAT(status.message(),
+                  HasSubstr("\"ln_copy.weight\" (F32 [4]) should repeat "
+                            "\"ln.weight\""));
+    } else {
+      EXPECT_TRUE(status.ok()) << status;
+    }
+  }
+}
+
+TEST(StateDictMapTest, SinusoidTablesFollowTheReferenceFormula) {
+  const StateDictFixedTensor table = FixedSinusoidTable("emb", 5, 6);
+  ASSERT_EQ(table.shape, (std::vector<int64_t>{5, 6}));
+  for (int t = 0; t < 5; ++t) {
+    for (int i = 0; i < 3; ++i) {
+      const double angle = t * std::pow(10000.0, -2.0 * i / 6);
+      EXPECT_NEAR(table.values[t * 6 + i], std::sin(angle), 1e-6);
+      EXPECT_NEAR(table.values[t * 6 + 3 + i], std::cos(angle), 1e-6);
+    }
+  }
+  const StateDictFixedTensor linformer =
+      InverseFrequencies("pos_emb.inv_freq", 6, 100000.0);
+  EXPECT_NEAR(linformer.values[2], std::pow(100000.0, -4.0 / 6), 1e-9);
 }
 
 TEST(StateDictMapTest, RegistryFindsConvertersByName) {

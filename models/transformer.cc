@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <variant>
@@ -11,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "attention/builder.h"
 #include "attention/favor.h"
+#include "attention/forgetful_mask.h"
 #include "attention/full.h"
 #include "attention/qk_norm.h"
 #include "attention/rotary.h"
@@ -214,11 +216,52 @@ absl::Status ValidateTransformerConfig(const TransformerConfig& c,
   if (c.rel_pos_bias && c.alibi_pos_bias) {
     return Bad("alibi_pos_bias", "false when rel_pos_bias is set", "true");
   }
-  if ((c.rel_pos_bias || c.alibi_pos_bias) && c.attn_num_mem_kv > 0) {
+  if (c.dynamic_pos_bias && (c.rel_pos_bias || c.alibi_pos_bias)) {
+    return Bad("dynamic_pos_bias",
+               "false when rel_pos_bias or alibi_pos_bias is set", "true");
+  }
+  if (c.dynamic_pos_bias && c.dim / 4 < 1) {
+    return Bad("dim", ">= 4 with dynamic_pos_bias (MLP width dim / 4)",
+               absl::StrCat(c.dim));
+  }
+  if (c.dynamic_pos_bias && c.dynamic_pos_bias_mlp_depth < 1) {
+    return Bad("dynamic_pos_bias_mlp_depth", ">= 1",
+               absl::StrCat(c.dynamic_pos_bias_mlp_depth));
+  }
+  if ((c.rel_pos_bias || c.alibi_pos_bias || c.dynamic_pos_bias) &&
+      c.attn_num_mem_kv > 0) {
     return Bad("attn_num_mem_kv",
-               "0 with rel_pos_bias or alibi_pos_bias (x-transformers 0.26.6 "
-               "biases the memory columns as key positions)",
+               "0 with rel_pos_bias, alibi_pos_bias or dynamic_pos_bias "
+               "(x-transformers 0.26.6 biases the memory columns as key "
+               "positions)",
                absl::StrCat(c.attn_num_mem_kv));
+  }
+  if (c.cross_residual_attn && c.cross_attend &&
+      (c.cross_attention != "full" || c.attn_talking_heads)) {
+    return Bad("cross_residual_attn",
+               "false unless cross_attention is \"full\" without "
+               "attn_talking_heads",
+               "true");
+  }
+  if (c.weight_tie_layers &&
+      (!c.custom_layers.empty() || c.par_ratio != 0 || c.sandwich_coef != 0)) {
+    return Bad("weight_tie_layers",
+               "false with custom_layers, par_ratio or sandwich_coef (no "
+               "repeated block to tie)",
+               "true");
+  }
+  if (!(c.mask_prob >= 0.0 && c.mask_prob < 1.0)) {
+    return Bad("mask_prob", "in [0, 1)", absl::StrCat(c.mask_prob));
+  }
+  if (c.mask_prob > 0.0) {
+    if (!c.causal) return Bad("mask_prob", "0 unless causal", "> 0");
+    if (c.attention != "full" || c.attn_talking_heads || c.residual_attn ||
+        c.attn_num_mem_kv > 0 || c.num_memory_tokens > 0) {
+      return Bad("mask_prob",
+                 "0 unless attention is \"full\" without attn_talking_heads, "
+                 "residual_attn, attn_num_mem_kv and num_memory_tokens",
+                 absl::StrCat(c.mask_prob));
+    }
   }
   if (c.rel_pos_bias) {
     const absl::Status t5 =
@@ -445,6 +488,8 @@ struct AttentionLayers::Sublayer {
   bool mirrors_inner_params = false;
 
   AttentionLayerCache attention_cache;
+  // mask_prob in training: one attention cache per batch row.
+  std::vector<AttentionLayerCache> row_caches;
   FeedForwardCache ff_cache;
   Tensor normed;       // pre-norm: norm(x_i)
   Tensor shifted;      // shift_tokens: the block input
@@ -692,8 +737,10 @@ absl::Status StepShapeSupport(const TransformerConfig& config) {
   if (config.shift_tokens > 0) {
     return NoStepForm("shift_tokens is not supported");
   }
-  if (config.rel_pos_bias || config.alibi_pos_bias) {
-    return NoStepForm("rel_pos_bias and alibi_pos_bias are not supported");
+  if (config.rel_pos_bias || config.alibi_pos_bias || config.dynamic_pos_bias) {
+    return NoStepForm(
+        "rel_pos_bias, alibi_pos_bias and dynamic_pos_bias are not "
+        "supported");
   }
   if (config.num_memory_tokens > 0) {
     return NoStepForm("memory tokens (num_memory_tokens) are not supported");
@@ -747,7 +794,11 @@ absl::StatusOr<std::unique_ptr<AttentionLayers>> AttentionLayers::Create(
   FTX_ASSIGN_OR_RETURN(std::string types, XTransformersLayerTypes(config));
   std::unique_ptr<AttentionLayers> layers(new AttentionLayers(config, types));
   layers->step_support_ = StepShapeSupport(config);
-  const bool position_bias = config.rel_pos_bias || config.alibi_pos_bias;
+  const bool position_bias =
+      config.rel_pos_bias || config.alibi_pos_bias || config.dynamic_pos_bias;
+  // weight_tie_layers: sublayer i reads the parameters of i % block_size.
+  const size_t block_size =
+      config.weight_tie_layers ? types.size() / config.depth : types.size();
   if (config.rel_pos_bias) {
     FTX_ASSIGN_OR_RETURN(
         T5RelativeBias bias,
@@ -769,6 +820,17 @@ absl::StatusOr<std::unique_ptr<AttentionLayers>> AttentionLayers::Create(
                        .version = AlibiVersion::kXTransformers0_26_6}));
     layers->alibi_.emplace(std::move(alibi));
   }
+  if (config.dynamic_pos_bias) {
+    FTX_ASSIGN_OR_RETURN(
+        DynamicPositionBias bias,
+        DynamicPositionBias::Create(
+            {.dim = config.dim / 4,
+             .heads = config.heads,
+             .depth = config.dynamic_pos_bias_mlp_depth,
+             .log_distance = config.dynamic_pos_bias_log_distance,
+             .norm = config.dynamic_pos_bias_norm}));
+    layers->dynamic_bias_.emplace(std::move(bias));
+  }
   if (config.resi_dual) {
     FTX_ASSIGN_OR_RETURN(ResiDual resi_dual,
                          ResiDual::Create({.dim = config.dim,
@@ -779,7 +841,7 @@ absl::StatusOr<std::unique_ptr<AttentionLayers>> AttentionLayers::Create(
   for (size_t i = 0; i < types.size(); ++i) {
     auto sub = std::make_unique<Sublayer>();
     sub->type = types[i];
-    sub->prefix = SublayerPrefix(static_cast<int64_t>(i));
+    sub->prefix = SublayerPrefix(static_cast<int64_t>(i % block_size));
     const bool last = i + 1 == types.size();
     // 0.26.6 layer_uses_qk_norm: no pre-branch norm, always a post-branch one.
     const bool qk_norm_layer = config.use_qk_norm_attn && sub->type != 'f';
@@ -859,15 +921,15 @@ absl::StatusOr<std::unique_ptr<AttentionLayers>> AttentionLayers::Create(
           BuildMechanism(config, registry,
                          cross ? config.cross_attention : config.attention,
                          !cross && config.causal));
-      if (!cross && config.residual_attn &&
+      if ((cross ? config.cross_residual_attn : config.residual_attn) &&
           dynamic_cast<FullAttention*>(inner.get()) == nullptr) {
-        return Bad("residual_attn",
+        return Bad(cross ? "cross_residual_attn" : "residual_attn",
                    "false unless \"full\" builds FullAttention", "true");
       }
       if (!cross && position_bias && !inner->SupportsHeadBias()) {
         return Bad("attention",
                    "a mechanism that takes a score bias (e.g. \"full\") with "
-                   "rel_pos_bias or alibi_pos_bias",
+                   "rel_pos_bias, alibi_pos_bias or dynamic_pos_bias",
                    absl::StrCat("\"", config.attention, "\""));
       }
       std::unique_ptr<QKTransform> rotary;
@@ -909,11 +971,14 @@ std::vector<ParamShape> AttentionLayers::ParamShapes() const {
   };
   if (t5_bias_) append("rel_pos.", t5_bias_->ParamShapes());
   if (alibi_) append("rel_pos.", alibi_->ParamShapes());
+  if (dynamic_bias_) append("rel_pos.", dynamic_bias_->ParamShapes());
   if (resi_dual_) {
     shapes.push_back({"final_norm.weight", {config_.dim}});
     shapes.push_back({"final_norm.bias", {config_.dim}});
   }
+  std::set<std::string> listed;  // weight_tie_layers: first use only
   for (const auto& sub : sublayers_) {
+    if (!listed.insert(sub->prefix).second) continue;
     append(sub->prefix + sub->norm.name, sub->norm.ParamShapes());
     append(sub->prefix + sub->post_branch_norm.name,
            sub->post_branch_norm.ParamShapes());
@@ -959,6 +1024,12 @@ absl::Status AttentionLayers::InitParams(const Context& ctx, ParamStore& store,
         OptionalValue(store, base + "rel_pos.learned_logslopes_future"));
     FTX_RETURN_IF_ERROR(alibi_->InitParams(log_slopes, log_slopes_future));
   }
+  if (dynamic_bias_) {
+    FTX_ASSIGN_OR_RETURN(const DynamicPositionBiasGrads views,
+                         DynamicBiasViews(store, base, /*gradients=*/false));
+    FTX_RETURN_IF_ERROR(dynamic_bias_->InitParams(
+        ctx, views, SubSeed(config_.seed, (1u << 20) + 17)));
+  }
   if (resi_dual_) {
     FTX_ASSIGN_OR_RETURN(TensorView<float> weight,
                          store.Value(base + "final_norm.weight"));
@@ -966,7 +1037,9 @@ absl::Status AttentionLayers::InitParams(const Context& ctx, ParamStore& store,
                          store.Value(base + "final_norm.bias"));
     FTX_RETURN_IF_ERROR(resi_dual_->final_norm().InitParams(weight, bias));
   }
+  std::set<std::string> initialised;  // weight_tie_layers: first use only
   for (const auto& sub : sublayers_) {
+    if (!initialised.insert(sub->prefix).second) continue;
     FTX_RETURN_IF_ERROR(sub->norm.InitParams(store, sub->Base(base)));
     FTX_RETURN_IF_ERROR(
         sub->post_branch_norm.InitParams(store, sub->Base(base)));
@@ -1022,9 +1095,15 @@ absl::Status AttentionLayers::PositionBiasForward(const Context& ctx,
                                                   ParamStore& store,
                                                   const std::string& base,
                                                   int64_t length) {
-  if (!t5_bias_ && !alibi_) return absl::OkStatus();
+  if (!t5_bias_ && !alibi_ && !dynamic_bias_) return absl::OkStatus();
   FTX_ASSIGN_OR_RETURN(TensorView<float> bias,
                        Buffer(position_bias_, {config_.heads, length, length}));
+  if (dynamic_bias_) {
+    FTX_ASSIGN_OR_RETURN(const DynamicPositionBiasGrads views,
+                         DynamicBiasViews(store, base, /*gradients=*/false));
+    return dynamic_bias_->Forward(ctx, AsParams(views), bias,
+                                  &dynamic_bias_cache_);
+  }
   if (t5_bias_) {
     FTX_ASSIGN_OR_RETURN(
         TensorView<float> weight,
@@ -1043,6 +1122,14 @@ absl::Status AttentionLayers::PositionBiasForward(const Context& ctx,
 absl::Status AttentionLayers::PositionBiasBackward(const Context& ctx,
                                                    ParamStore& store,
                                                    const std::string& base) {
+  if (dynamic_bias_) {
+    FTX_ASSIGN_OR_RETURN(const DynamicPositionBiasGrads params,
+                         DynamicBiasViews(store, base, /*gradients=*/false));
+    FTX_ASSIGN_OR_RETURN(const DynamicPositionBiasGrads grads,
+                         DynamicBiasViews(store, base, /*gradients=*/true));
+    return dynamic_bias_->Backward(ctx, AsParams(params), dynamic_bias_cache_,
+                                   d_position_bias_.view<float>(), grads);
+  }
   if (t5_bias_) {
     FTX_ASSIGN_OR_RETURN(
         TensorView<float> d_weight,
@@ -1065,6 +1152,112 @@ absl::Status AttentionLayers::PositionBiasBackward(const Context& ctx,
     return alibi_->Backward(ctx, log_slopes, log_slopes_future,
                             d_position_bias_.view<float>(), d_log_slopes,
                             d_log_slopes_future);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<DynamicPositionBiasGrads> AttentionLayers::DynamicBiasViews(
+    ParamStore& store, const std::string& base, bool gradients) const {
+  auto find = [&](const std::string& name) {
+    return gradients ? store.Grad(base + "rel_pos." + name)
+                     : store.Value(base + "rel_pos." + name);
+  };
+  const DynamicPositionBiasConfig& config = dynamic_bias_->config();
+  DynamicPositionBiasGrads views;
+  views.hidden.resize(config.depth);
+  for (int64_t k = 0; k < config.depth; ++k) {
+    const std::string layer = absl::StrCat("mlp.", k, ".");
+    DynamicPositionBiasGrads::Hidden& hidden = views.hidden[k];
+    FTX_ASSIGN_OR_RETURN(hidden.weight, find(layer + "0.weight"));
+    FTX_ASSIGN_OR_RETURN(hidden.bias, find(layer + "0.bias"));
+    if (config.norm) {
+      FTX_ASSIGN_OR_RETURN(hidden.norm_weight, find(layer + "1.weight"));
+      FTX_ASSIGN_OR_RETURN(hidden.norm_bias, find(layer + "1.bias"));
+    }
+  }
+  const std::string out = absl::StrCat("mlp.", config.depth, ".");
+  FTX_ASSIGN_OR_RETURN(views.out_weight, find(out + "weight"));
+  FTX_ASSIGN_OR_RETURN(views.out_bias, find(out + "bias"));
+  return views;
+}
+
+absl::Status AttentionLayers::DrawForgetfulMasks(const StackInputs& inputs,
+                                                 int64_t batch,
+                                                 int64_t length) {
+  forgetful_active_ = config_.mask_prob > 0.0 && inputs.training;
+  if (!forgetful_active_) return absl::OkStatus();
+  const ForgetfulMaskConfig forgetful{
+      .mask_prob = static_cast<float>(config_.mask_prob)};
+  FTX_ASSIGN_OR_RETURN(const std::vector<uint8_t> keep,
+                       ForgetfulKeyMask(forgetful, batch, length,
+                                        /*training=*/true, inputs.seed));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> masks,
+                       Buffer(forgetful_masks_, {batch, length, length}));
+  for (int64_t b = 0; b < batch; ++b) {
+    const std::vector<uint8_t> row(keep.begin() + b * length,
+                                   keep.begin() + (b + 1) * length);
+    FTX_RETURN_IF_ERROR(ForgetfulCausalAdditiveMask(
+        forgetful, row,
+        TensorView<float>(masks.data() + b * length * length,
+                          {length, length})));
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Row b of the masks: its forgetful causal mask, its padding length and a
+// dropout seed of its own.
+AttentionLayerMasks RowMasks(const AttentionLayerMasks& masks,
+                             const Tensor& forgetful_masks, int64_t b) {
+  const int64_t T = forgetful_masks.shape().dim(1);
+  AttentionLayerMasks row = masks;
+  row.attn_mask = AttnMask::Additive(TensorView<const float>(
+      forgetful_masks.data<float>() + b * T * T, {T, T}));
+  if (!masks.query_lengths.full()) {
+    row.query_lengths.lengths = {masks.query_lengths.lengths[b]};
+  }
+  if (!masks.key_lengths.full()) {
+    row.key_lengths.lengths = {masks.key_lengths.lengths[b]};
+  }
+  row.seed = masks.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(b);
+  return row;
+}
+
+}  // namespace
+
+absl::Status AttentionLayers::ForgetfulAttentionForward(
+    const Context& ctx, Sublayer& sub, const AttentionLayerParams& params,
+    const AttentionLayerMasks& masks, TensorView<const float> hidden,
+    TensorView<float> branch) {
+  const int64_t B = hidden.dim(0), T = hidden.dim(1), C = hidden.dim(2);
+  sub.row_caches.resize(B);
+  for (int64_t b = 0; b < B; ++b) {
+    FTX_RETURN_IF_ERROR(sub.attention->Forward(
+        ctx, params,
+        TensorView<const float>(hidden.data() + b * T * C, {1, T, C}),
+        TensorView<const float>(), RowMasks(masks, forgetful_masks_, b),
+        TensorView<float>(branch.data() + b * T * C, {1, T, C}),
+        &sub.row_caches[b]));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AttentionLayers::ForgetfulAttentionBackward(
+    const Context& ctx, Sublayer& sub, const AttentionLayerParams& params,
+    const AttentionLayerMasks& masks, TensorView<const float> hidden,
+    TensorView<const float> d_branch, TensorView<float> d_hidden,
+    const AttentionLayerGrads& grads) {
+  const int64_t B = hidden.dim(0), T = hidden.dim(1), C = hidden.dim(2);
+  for (int64_t b = 0; b < B; ++b) {
+    FTX_RETURN_IF_ERROR(sub.attention->Backward(
+        ctx, params,
+        TensorView<const float>(hidden.data() + b * T * C, {1, T, C}),
+        TensorView<const float>(), RowMasks(masks, forgetful_masks_, b),
+        sub.row_caches[b],
+        TensorView<const float>(d_branch.data() + b * T * C, {1, T, C}),
+        TensorView<float>(d_hidden.data() + b * T * C, {1, T, C}),
+        TensorView<float>(), grads));
   }
   return absl::OkStatus();
 }
@@ -1100,10 +1293,11 @@ absl::Status AttentionLayers::CheckMems(TensorView<const float> x,
         "0.26.6 fails there too)");
   }
   if (config_.rotary_pos_emb || config_.rel_pos_bias ||
-      config_.alibi_pos_bias || config_.residual_attn) {
+      config_.alibi_pos_bias || config_.dynamic_pos_bias ||
+      config_.residual_attn || config_.mask_prob > 0.0) {
     return bad(
         "cannot be combined with rotary_pos_emb, rel_pos_bias, "
-        "alibi_pos_bias or residual_attn");
+        "alibi_pos_bias, dynamic_pos_bias, residual_attn or mask_prob");
   }
   return absl::OkStatus();
 }
@@ -1158,9 +1352,11 @@ absl::Status AttentionLayers::Forward(const Context& ctx, ParamStore& store,
   FTX_RETURN_IF_ERROR(CheckMems(x, inputs));
   FTX_RETURN_IF_ERROR(PositionBiasForward(ctx, store, base, x.dim(1)));
   const size_t count = sublayers_.size();
-  // residual_attn: the last self-attention sublayer's pre-softmax scores.
-  TensorView<const float> previous_scores;
+  // residual_attn / cross_residual_attn: the last self-attention and the last
+  // cross-attention sublayer's pre-softmax scores.
+  TensorView<const float> previous_scores, previous_cross_scores;
   size_t self_attention_index = 0;  // k of mems[k]
+  FTX_RETURN_IF_ERROR(DrawForgetfulMasks(inputs, x.dim(0), x.dim(1)));
   activations_.resize(count + 1);
   FTX_ASSIGN_OR_RETURN(TensorView<float> first, Buffer(activations_[0], shape));
   Copy(ctx, x, first);
@@ -1214,14 +1410,17 @@ absl::Status AttentionLayers::Forward(const Context& ctx, ParamStore& store,
       FTX_ASSIGN_OR_RETURN(AttentionLayerParams params,
                            sub.AttentionParams(store, base));
       FTX_RETURN_IF_ERROR(sub.LoadInnerParams(store, base));
-      if (config_.residual_attn && !cross) {
+      if (cross ? config_.cross_residual_attn : config_.residual_attn) {
+        const int64_t keys = cross ? inputs.context.dim(1) : x.dim(1);
         FTX_ASSIGN_OR_RETURN(
             TensorView<float> current,
             Buffer(sub.residual_scores, {config_.heads, x.dim(0), x.dim(1),
-                                         x.dim(1) + config_.attn_num_mem_kv}));
-        sub.has_previous_scores = previous_scores.data() != nullptr;
-        sub.FullInner().SetResidualScores(previous_scores, current);
-        previous_scores = current;
+                                         keys + config_.attn_num_mem_kv}));
+        TensorView<const float>& previous =
+            cross ? previous_cross_scores : previous_scores;
+        sub.has_previous_scores = previous.data() != nullptr;
+        sub.FullInner().SetResidualScores(previous, current);
+        previous = current;
       }
       TensorView<const float> kv_source =
           cross ? inputs.context : TensorView<const float>();
@@ -1244,8 +1443,14 @@ absl::Status AttentionLayers::Forward(const Context& ctx, ParamStore& store,
         }
       }
       if (!cross) ++self_attention_index;
-      FTX_RETURN_IF_ERROR(sub.attention->Forward(
-          ctx, params, hidden, kv_source, masks, branch, &sub.attention_cache));
+      if (!cross && forgetful_active_) {
+        FTX_RETURN_IF_ERROR(
+            ForgetfulAttentionForward(ctx, sub, params, masks, hidden, branch));
+      } else {
+        FTX_RETURN_IF_ERROR(sub.attention->Forward(ctx, params, hidden,
+                                                   kv_source, masks, branch,
+                                                   &sub.attention_cache));
+      }
     }
     if (sub.branch_scale != 1.0f) ScaleInPlace(ctx, branch, sub.branch_scale);
     TensorView<float> target = output;
@@ -1356,9 +1561,9 @@ absl::Status AttentionLayers::Backward(const Context& ctx, ParamStore& store,
         ctx, weight, resi_dual_cache_, outer_.view<float>(), d_y, d_outer,
         d_weight, d_bias));
   }
-  // residual_attn: the gradient of the scores the next self-attention
-  // sublayer received from this one.
-  TensorView<const float> d_later_scores;
+  // residual_attn / cross_residual_attn: the gradient of the scores the next
+  // self-attention (cross-attention) sublayer received from this one.
+  TensorView<const float> d_later_scores, d_later_cross_scores;
   const size_t count = sublayers_.size();
   for (size_t i = count; i-- > 0;) {
     Sublayer& sub = *sublayers_[i];
@@ -1472,18 +1677,25 @@ absl::Status AttentionLayers::Backward(const Context& ctx, ParamStore& store,
         }
       }
       sub.ClearInnerGrads();
-      if (config_.residual_attn && !cross) {
+      if (cross ? config_.cross_residual_attn : config_.residual_attn) {
         TensorView<float> d_previous;
         if (sub.has_previous_scores) {
           FTX_ASSIGN_OR_RETURN(d_previous, Buffer(sub.d_previous_scores,
                                                   sub.residual_scores.shape()));
         }
-        sub.FullInner().SetResidualScoreGrads(d_later_scores, d_previous);
-        d_later_scores = d_previous;
+        TensorView<const float>& d_later =
+            cross ? d_later_cross_scores : d_later_scores;
+        sub.FullInner().SetResidualScoreGrads(d_later, d_previous);
+        d_later = d_previous;
       }
-      FTX_RETURN_IF_ERROR(sub.attention->Backward(
-          ctx, params, hidden, kv_source, masks, sub.attention_cache, d_branch,
-          d_hidden, d_context_part, grads));
+      if (!cross && forgetful_active_) {
+        FTX_RETURN_IF_ERROR(ForgetfulAttentionBackward(
+            ctx, sub, params, masks, hidden, d_branch, d_hidden, grads));
+      } else {
+        FTX_RETURN_IF_ERROR(sub.attention->Backward(
+            ctx, params, hidden, kv_source, masks, sub.attention_cache,
+            d_branch, d_hidden, d_context_part, grads));
+      }
       FTX_RETURN_IF_ERROR(sub.StoreInnerGrads(store, base));
       if (cross && want_context) AddInto(ctx, d_context, d_context_part);
       if (!cross && sub.memory_length > 0) {
@@ -2232,7 +2444,8 @@ absl::StatusOr<TransformerConfig> TransformerConfigFromJson(
       {"qk_norm_attn_seq_len", &c.qk_norm_attn_seq_len},
       {"max_mem_len", &c.max_mem_len},
       {"shift_mem_down", &c.shift_mem_down},
-      {"attn_qk_norm_groups", &c.attn_qk_norm_groups}};
+      {"attn_qk_norm_groups", &c.attn_qk_norm_groups},
+      {"dynamic_pos_bias_mlp_depth", &c.dynamic_pos_bias_mlp_depth}};
   const std::map<std::string, bool*> bools = {
       {"causal", &c.causal},
       {"cross_attend", &c.cross_attend},
@@ -2262,7 +2475,12 @@ absl::StatusOr<TransformerConfig> TransformerConfigFromJson(
       {"attn_qk_norm", &c.attn_qk_norm},
       {"attn_qk_norm_dim_scale", &c.attn_qk_norm_dim_scale},
       {"gate_residual", &c.gate_residual},
-      {"scale_residual", &c.scale_residual}};
+      {"scale_residual", &c.scale_residual},
+      {"dynamic_pos_bias", &c.dynamic_pos_bias},
+      {"dynamic_pos_bias_log_distance", &c.dynamic_pos_bias_log_distance},
+      {"dynamic_pos_bias_norm", &c.dynamic_pos_bias_norm},
+      {"cross_residual_attn", &c.cross_residual_attn},
+      {"weight_tie_layers", &c.weight_tie_layers}};
   const std::map<std::string, std::string*> strings = {
       {"attention", &c.attention},
       {"cross_attention", &c.cross_attention},
@@ -2278,12 +2496,12 @@ absl::StatusOr<TransformerConfig> TransformerConfigFromJson(
       if (!value.is_number()) return JsonTypeError(key, "a number");
       c.ff_mult = value.get<double>();
     } else if (key == "scale_residual_constant" || key == "resi_dual_scale" ||
-               key == "attn_qk_norm_scale") {
+               key == "attn_qk_norm_scale" || key == "mask_prob") {
       if (!value.is_number()) return JsonTypeError(key, "a number");
       (key == "resi_dual_scale"      ? c.resi_dual_scale
        : key == "attn_qk_norm_scale" ? c.attn_qk_norm_scale
-                                     : c.scale_residual_constant) =
-          value.get<double>();
+       : key == "mask_prob"          ? c.mask_prob
+                            : c.scale_residual_constant) = value.get<double>();
     } else if (key == "seed") {
       if (!value.is_number_unsigned()) {
         return JsonTypeError(key, "a non-negative integer");

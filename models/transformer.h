@@ -6,8 +6,9 @@
 //                                          != dim
 //   x = cat(memory_tokens, x)              num_memory_tokens > 0 (masks are
 //                                          left-padded with True)
-//   bias = rel_pos()                       T5 or ALiBi score bias [H, T, T],
-//                                          one module shared by every 'a'
+//   bias = rel_pos()                       T5, ALiBi or dynamic (MLP) score
+//                                          bias [H, T, T], one module shared
+//                                          by every 'a'
 //   outer = s x                            resi_dual
 //   for each sublayer i (layer_types, see XTransformersLayerTypes):
 //     residual = x
@@ -18,8 +19,16 @@
 //     out = block_i(x[, context])          self-attention (+ bias, + the
 //                                          previous scores with residual_attn,
 //                                          keys/values from cat(mems[k], x)
-//                                          with Transformer-XL memories),
-//                                          cross-attention or feed-forward
+//                                          with Transformer-XL memories, the
+//                                          forgetful causal mask of each row
+//                                          with mask_prob in training),
+//                                          cross-attention (+ the previous
+//                                          cross scores with
+//                                          cross_residual_attn) or
+//                                          feed-forward; with
+//                                          weight_tie_layers block i shares
+//                                          the parameters of block
+//                                          i % len(block)
 //     out = 0.5 out                        macaron, feed-forward blocks
 //     out = g_i * out                      ReZero only (g_i initialised to 0)
 //     outer += s out                       resi_dual
@@ -69,7 +78,11 @@
 // gives 0 here and a uniform average there. The position biases cannot be
 // combined with attn_num_mem_kv (0.26.6 biases the memory columns as key
 // positions 0 .. M-1 and shifts the sequence's; ftx would leave them unbiased).
-// Not available: cross_residual_attn, position_infused_attn; Transformer-XL
+// Later x-transformers options without 0.26.6 parity: weight_tie_layers
+// (ALBERT-style tying, 1.21+) and mask_prob (forgetful causal masking,
+// AutoregressiveWrapper 1.2.1+, here a stack option). dynamic_pos_bias and
+// cross_residual_attn are 0.26.6's (tests/parity/x_stack_extra_test.cc).
+// Not available: position_infused_attn; Transformer-XL
 // memories with rotary or the position biases (0.26.6 offsets their
 // positions by the memory length).
 //
@@ -81,6 +94,7 @@
 //   memory_tokens [M, C]                             N(0, 1), M > 0
 //   attn_layers.rel_pos.relative_attention_bias.weight [buckets, H]  T5
 //   attn_layers.rel_pos.learned_logslopes ...        learned ALiBi
+//   attn_layers.rel_pos.mlp.{k}.0.weight ...         dynamic_pos_bias MLP
 //   attn_layers.layers.{i}.norm.{weight,bias|g}      pre-norm or post-norm
 //   attn_layers.layers.{i}.post_branch_norm.*        sandwich_norm
 //   attn_layers.layers.{i}.rezero.g [1]              use_rezero
@@ -125,9 +139,8 @@
 // is "zero" (the sequence-max stabiliser looks at future keys). A "favor"
 // decoder copies the parallel mechanism's current projection when the state
 // is created. Also not step-wise: shift_tokens, rel_pos_bias,
-// alibi_pos_bias, num_memory_tokens, residual_attn, resi_dual, attn_qk_norm,
-// attn_talking_heads,
-// attn_head_scale,
+// alibi_pos_bias, dynamic_pos_bias, num_memory_tokens, residual_attn,
+// resi_dual, attn_qk_norm, attn_talking_heads, attn_head_scale,
 // attn_gate_values, attn_on_attn, use_qk_norm_attn, gate_residual and
 // scale_residual.
 //
@@ -157,6 +170,7 @@
 #include "kernels/base/tensor.h"
 #include "kernels/base/tensor_view.h"
 #include "layers/alibi.h"
+#include "layers/dynamic_position_bias.h"
 #include "layers/feed_forward.h"
 #include "layers/layernorm.h"
 #include "layers/memory_tokens.h"
@@ -210,6 +224,19 @@ struct TransformerConfig {
   bool alibi_pos_bias = false;
   int64_t alibi_num_heads = 0;  // 0: heads
   bool alibi_learned = false;
+  // Dynamic position bias (layers/dynamic_position_bias.h) shared by the
+  // self-attention sublayers: an MLP of width dim / 4 (integer division, >= 1)
+  // and dynamic_pos_bias_mlp_depth hidden layers maps every distance i - j
+  // (sign(d) log(|d| + 1) with dynamic_pos_bias_log_distance) to one score
+  // bias per head, LayerNorm after each hidden Linear with
+  // dynamic_pos_bias_norm. Parameters "rel_pos.mlp.*" (0.26.6 names). Not
+  // with rel_pos_bias or alibi_pos_bias (0.26.6 silently prefers
+  // rel_pos_bias); absolute positions stay on (0.26.6's has_pos_emb ignores
+  // it).
+  bool dynamic_pos_bias = false;
+  bool dynamic_pos_bias_log_distance = false;
+  int64_t dynamic_pos_bias_mlp_depth = 2;
+  bool dynamic_pos_bias_norm = false;
   // FeedForward (ff_*).
   double ff_mult = 4.0;
   bool ff_glu = false;
@@ -243,6 +270,34 @@ struct TransformerConfig {
   // position bias and masks; memory kv columns included) to its own. Needs
   // "full" attention without attn_talking_heads.
   bool residual_attn = false;
+  // The same for the cross-attention sublayers (0.26.6 cross_residual_attn):
+  // every 'c' sublayer adds the previous 'c' sublayer's pre-softmax scores
+  // [H, B, T, S + attn_num_mem_kv] to its own. Needs cross_attention "full"
+  // without attn_talking_heads.
+  bool cross_residual_attn = false;
+  // ALBERT-style weight tying (x-transformers 1.21+ weight_tie_layers, no
+  // 0.26.6 parity): the stack runs one block (('a', 'f'), ('a', 'c', 'f'),
+  // with 'f' prepended for macaron) depth times, so sublayer i uses the
+  // parameters of sublayer i % len(block) ("layers.{i % len(block)}.*"; e.g.
+  // every 'a' uses layers.0.* and every 'f' layers.1.* for ('a', 'f')), and
+  // every use adds its gradient to the shared parameters. ParamShapes lists
+  // the first block only. Not with custom_layers, par_ratio or sandwich_coef
+  // (their layer sequences have no repeated block; x-transformers asserts
+  // the same). With post-norm the last sublayer still skips its norm and
+  // reads the shared parameters of the others.
+  bool weight_tie_layers = false;
+  // Forgetful causal masking (Liu et al. 2022; x-transformers 1.2.1+
+  // AutoregressiveWrapper(mask_prob), attention/forgetful_mask.h): in
+  // training, every batch row hides min(int((T + 1) mask_prob), T - 1) random
+  // keys among positions 1 .. T - 1 from every query of every self-attention
+  // sublayer, on top of the causal mask (one draw per Forward from
+  // StackInputs::seed, shared by the sublayers). Eval runs the plain causal
+  // stack. The mask differs per row, so those sublayers run their attention
+  // one batch row at a time. Needs a causal stack, "full" attention, and no
+  // attn_num_mem_kv, residual_attn, num_memory_tokens or Transformer-XL
+  // mems. In [0, 1); 0 is off. The drawn positions are Philox's, not
+  // torch's (attention/forgetful_mask.h).
+  double mask_prob = 0.0;
   // ResiDual (x-transformers 1.15+, layers/resi_dual.h; no 0.26.6 parity):
   // needs pre_norm = false (every sublayer, the last too, then ends with its
   // norm) and final_norm = false (the stack ends with
@@ -413,11 +468,35 @@ class AttentionLayers {
   AttentionLayers(const TransformerConfig& config, std::string layer_types);
 
   // The shared score bias of the self-attention sublayers [H, T, T] for the
-  // forward's T (T5 or ALiBi), and its gradient; absent without one.
+  // forward's T (T5, ALiBi or the dynamic MLP), and its gradient; absent
+  // without one.
   absl::Status PositionBiasForward(const Context& ctx, ParamStore& store,
                                    const std::string& base, int64_t length);
   absl::Status PositionBiasBackward(const Context& ctx, ParamStore& store,
                                     const std::string& base);
+  // The dynamic position bias MLP's parameter views (Value) or gradient
+  // views (Grad) under base + "rel_pos.".
+  absl::StatusOr<DynamicPositionBiasGrads> DynamicBiasViews(
+      ParamStore& store, const std::string& base, bool gradients) const;
+  // mask_prob in training: draws the forgetful key masks of the B rows of
+  // length T into forgetful_masks_ (sets forgetful_active_).
+  absl::Status DrawForgetfulMasks(const StackInputs& inputs, int64_t batch,
+                                  int64_t length);
+  // Runs the attention block of self-attention sublayer `sub` one batch row
+  // at a time under that row's forgetful causal mask; the backward takes the
+  // forward's arguments.
+  absl::Status ForgetfulAttentionForward(const Context& ctx, Sublayer& sub,
+                                         const AttentionLayerParams& params,
+                                         const AttentionLayerMasks& masks,
+                                         TensorView<const float> hidden,
+                                         TensorView<float> branch);
+  absl::Status ForgetfulAttentionBackward(const Context& ctx, Sublayer& sub,
+                                          const AttentionLayerParams& params,
+                                          const AttentionLayerMasks& masks,
+                                          TensorView<const float> hidden,
+                                          TensorView<const float> d_branch,
+                                          TensorView<float> d_hidden,
+                                          const AttentionLayerGrads& grads);
   // InvalidArgument for memories that do not fit x or the config.
   absl::Status CheckMems(TensorView<const float> x,
                          const StackInputs& inputs) const;
@@ -432,7 +511,14 @@ class AttentionLayers {
   Tensor outer_, d_outer_, d_resi_branch_;
   LayerNormCache resi_dual_cache_;
   std::optional<Alibi> alibi_;
+  std::optional<DynamicPositionBias> dynamic_bias_;
+  DynamicPositionBiasCache dynamic_bias_cache_;
   Tensor position_bias_, d_position_bias_;
+  // mask_prob in training: the forgetful causal masks of the last Forward,
+  // one additive [T, T] matrix per batch row ([B, T, T]), when
+  // forgetful_active_.
+  Tensor forgetful_masks_;
+  bool forgetful_active_ = false;
   absl::Status step_support_;
   // Forward state: the input of every sublayer plus the output, [B, T, C]
   // each; the inputs of the last call.

@@ -12,12 +12,14 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "attention/builtin.h"
+#include "attention/forgetful_mask.h"
 #include "gtest/gtest.h"
 #include "tests/util/random.h"
 #include "tests/util/tolerance.h"
@@ -1459,6 +1461,321 @@ TEST_F(TransformerTest, BadLaterOptionsNameTheField) {
   EXPECT_EQ(config->attn_qk_norm_scale, 3.5);
   EXPECT_EQ(config->max_mem_len, 9);
   EXPECT_EQ(config->shift_mem_down, 1);
+}
+
+TEST_F(TransformerTest, GradientsDynamicPositionBias) {
+  TransformerConfig config = TinyConfig();
+  config.dynamic_pos_bias = true;
+  Build(config);
+  ASSERT_TRUE(store_->Contains("attn_layers.rel_pos.mlp.0.0.weight"));
+  ASSERT_TRUE(store_->Contains("attn_layers.rel_pos.mlp.2.bias"));
+  Perturb(*store_, 41);
+  TransformerInputs inputs;
+  inputs.lengths.lengths = {5, 3};
+  CheckGradients(kTokens, 2, inputs);
+  config.causal = true;
+  config.dynamic_pos_bias_log_distance = true;
+  config.dynamic_pos_bias_norm = true;
+  config.dynamic_pos_bias_mlp_depth = 3;
+  Build(config);
+  ASSERT_TRUE(store_->Contains("attn_layers.rel_pos.mlp.2.1.weight"));
+  Perturb(*store_, 42);
+  CheckGradients(kTokens, 2, {});
+}
+
+TEST_F(TransformerTest, GradientsCrossResidualAttentionIncludingContext) {
+  TransformerConfig config = TinyConfig();
+  config.cross_attend = true;
+  config.cross_residual_attn = true;
+  config.causal = true;
+  config.context_dim = 6;
+  config.depth = 3;
+  Build(config);
+  Perturb(*store_, 43);
+  std::vector<float> context = RandomUniformVector<float>(2 * 3 * 6, 13);
+  TransformerInputs inputs;
+  inputs.context = TensorView<const float>(context.data(), {2, 3, 6});
+  const std::vector<float> residual = Run(kTokens, 2, inputs);
+  CheckGradients(kTokens, 2, inputs, &context);
+  // The option changes the output (the second and third cross-attention
+  // sublayers receive scores).
+  const std::unique_ptr<ParamStore> store = std::move(store_);
+  config.cross_residual_attn = false;
+  Build(config);
+  store_->ForEachParam([&](ParamSlot slot) {
+    const TensorView<float> value = store->Value(slot.name).value();
+    std::copy(value.data(), value.data() + value.NumElements(),
+              slot.value.data());
+  });
+  EXPECT_NE(Run(kTokens, 2, inputs), residual);
+}
+
+// The untied twin of a weight_tie_layers model: the same config without
+// tying, every sublayer i holding copies of the tied sublayer i % block.
+class WeightTieTest : public TransformerTest {
+ protected:
+  // "attn_layers.layers.{i}.rest" -> "attn_layers.layers.{i % block}.rest";
+  // other names unchanged.
+  static std::string TiedName(const std::string& name, int64_t block) {
+    const std::string head = "attn_layers.layers.";
+    if (name.rfind(head, 0) != 0) return name;
+    const size_t dot = name.find('.', head.size());
+    const int64_t index = std::stoll(name.substr(head.size(), dot));
+    return head + std::to_string(index % block) + name.substr(dot);
+  }
+};
+
+TEST_F(WeightTieTest, TiedStackEqualsUntiedCopiesAndSumsTheirGradients) {
+  TransformerConfig config = TinyConfig();
+  config.weight_tie_layers = true;
+  config.depth = 3;
+  config.causal = true;
+  config.cross_attend = true;  // block ('a', 'c', 'f')
+  const int64_t block = 3;
+  Build(config);
+  Perturb(*store_, 44);
+  for (const ParamShape& shape : model_->ParamShapes()) {
+    EXPECT_EQ(shape.name.find("layers.3."), std::string::npos) << shape.name;
+  }
+  std::vector<float> context = RandomUniformVector<float>(2 * 4 * 8, 14);
+  TransformerInputs inputs;
+  inputs.context = TensorView<const float>(context.data(), {2, 4, 8});
+  std::unique_ptr<TransformerWrapper> tied = std::move(model_);
+  std::unique_ptr<ParamStore> tied_store = std::move(store_);
+  config.weight_tie_layers = false;
+  Build(config);
+  int64_t copies = 0;
+  store_->ForEachParam([&](ParamSlot slot) {
+    const TensorView<float> value =
+        tied_store->Value(TiedName(slot.name, block)).value();
+    ASSERT_EQ(value.NumElements(), slot.value.NumElements()) << slot.name;
+    std::copy(value.data(), value.data() + value.NumElements(),
+              slot.value.data());
+    ++copies;
+  });
+  EXPECT_GT(copies, static_cast<int64_t>(tied->ParamShapes().size()));
+
+  const std::vector<float> untied_out =
+      Run(kTokens, 2, inputs, /*save_for_backward=*/true);
+  const std::vector<float> d_logits =
+      RandomUniformVector<float>(untied_out.size(), 15);
+  const TensorView<const float> d_view(d_logits.data(),
+                                       {2, 5, config.num_tokens});
+  std::vector<float> d_context(context.size()), d_context_tied(context.size());
+  store_->ZeroGrads();
+  ASSERT_TRUE(model_
+                  ->Backward(*ctx_, *store_, d_view,
+                             TensorView<float>(d_context.data(), {2, 4, 8}))
+                  .ok());
+  std::swap(model_, tied);
+  std::swap(store_, tied_store);
+  const std::vector<float> tied_out =
+      Run(kTokens, 2, inputs, /*save_for_backward=*/true);
+  EXPECT_EQ(tied_out, untied_out);
+  store_->ZeroGrads();
+  ASSERT_TRUE(
+      model_
+          ->Backward(*ctx_, *store_, d_view,
+                     TensorView<float>(d_context_tied.data(), {2, 4, 8}))
+          .ok());
+  EXPECT_TRUE(AllNear(d_context_tied, d_context, {.abs = 1e-6, .rel = 1e-5}));
+  // Every tied gradient is the sum of the untied copies' gradients.
+  std::map<std::string, std::vector<float>> summed;
+  tied_store->ForEachParam([&](ParamSlot slot) {
+    std::vector<float>& sum = summed[TiedName(slot.name, block)];
+    sum.resize(slot.grad.NumElements(), 0.0f);
+    for (int64_t i = 0; i < slot.grad.NumElements(); ++i) {
+      sum[i] += slot.grad.data()[i];
+    }
+  });
+  store_->ForEachParam([&](ParamSlot slot) {
+    ASSERT_EQ(summed.count(slot.name), 1u) << slot.name;
+    const std::vector<float> grad(slot.grad.data(),
+                                  slot.grad.data() + slot.grad.NumElements());
+    EXPECT_TRUE(AllNear(grad, summed[slot.name], {.abs = 1e-5, .rel = 1e-4}))
+        << slot.name;
+  });
+}
+
+TEST_F(WeightTieTest, GradientsTiedMacaronStack) {
+  TransformerConfig config = TinyConfig();
+  config.weight_tie_layers = true;
+  config.macaron = true;  // block ('f', 'a', 'f'): the two 'f's stay apart
+  config.depth = 2;
+  Build(config);
+  int64_t feed_forward_blocks = 0;
+  for (const ParamShape& shape : model_->ParamShapes()) {
+    EXPECT_EQ(shape.name.find("layers.3."), std::string::npos) << shape.name;
+    if (shape.name.find("ff.net.3.bias") != std::string::npos) {
+      ++feed_forward_blocks;
+    }
+  }
+  EXPECT_EQ(feed_forward_blocks, 2);
+  Perturb(*store_, 45);
+  CheckGradients(kTokens, 2, {});
+}
+
+// A tokens copy with position `position` of row `row` changed.
+std::vector<int32_t> WithToken(std::vector<int32_t> tokens, int64_t length,
+                               int64_t row, int64_t position) {
+  int32_t& token = tokens[row * length + position];
+  token = (token + 3) % 11;
+  return tokens;
+}
+
+TEST_F(TransformerTest, ForgetfulMaskIsPlainCausalInEval) {
+  TransformerConfig config = TinyConfig();
+  config.causal = true;
+  Build(config);
+  const std::vector<float> plain = Run(kTokens, 2);
+  config.mask_prob = 0.5;
+  Build(config);
+  TransformerInputs inputs;
+  inputs.seed = 8;
+  EXPECT_EQ(Run(kTokens, 2, inputs), plain);
+  inputs.training = true;
+  EXPECT_NE(Run(kTokens, 2, inputs), plain);
+}
+
+// Training: row b's outputs at positions other than j depend on token j
+// exactly when ForgetfulKeyMask keeps key j of row b (a hidden key feeds no
+// other position in any sublayer) and j precedes them (causality).
+TEST_F(TransformerTest, ForgetfulMaskHidesTheDrawnKeysOfEachRow) {
+  TransformerConfig config = TinyConfig();
+  config.causal = true;
+  config.mask_prob = 0.4;  // int(6 * 0.4) = 2 hidden keys per row of 5
+  Build(config);
+  Perturb(*store_, 46);
+  const int64_t B = 2, T = 5, V = config.num_tokens;
+  TransformerInputs inputs;
+  inputs.training = true;
+  inputs.seed = 21;
+  const std::vector<uint8_t> keep =
+      ForgetfulKeyMask({.mask_prob = 0.4f}, B, T, true, inputs.seed).value();
+  int64_t hidden = 0;
+  for (uint8_t k : keep) hidden += k == 0;
+  EXPECT_EQ(hidden, 4);
+  const std::vector<float> base = Run(kTokens, B, inputs);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; j < T; ++j) {
+      const std::vector<float> changed =
+          Run(WithToken(kTokens, T, b, j), B, inputs);
+      for (int64_t row = 0; row < B; ++row) {
+        for (int64_t i = 0; i < T; ++i) {
+          if (row == b && i == j) continue;
+          bool same = true;
+          for (int64_t v = 0; v < V; ++v) {
+            const int64_t at = (row * T + i) * V + v;
+            same = same && changed[at] == base[at];
+          }
+          const bool sees = row == b && j < i && keep[b * T + j] != 0;
+          EXPECT_EQ(same, !sees) << "row " << row << " query " << i
+                                 << " changed key " << j << " of row " << b;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(TransformerTest, GradientsForgetfulMaskTraining) {
+  TransformerConfig config = TinyConfig();
+  config.causal = true;
+  config.mask_prob = 0.4;
+  config.rotary_pos_emb = false;
+  Build(config);
+  Perturb(*store_, 47);
+  TransformerInputs inputs;
+  inputs.training = true;
+  inputs.seed = 5;
+  inputs.lengths.lengths = {5, 4};
+  CheckGradients(kTokens, 2, inputs);
+}
+
+TEST_F(TransformerTest, BadStackExtraOptionsNameTheField) {
+  struct Case {
+    const char* field;
+    void (*mutate)(TransformerConfig&);
+  };
+  const Case cases[] = {
+      {"dynamic_pos_bias",
+       [](TransformerConfig& c) {
+         c.dynamic_pos_bias = true;
+         c.rel_pos_bias = true;
+       }},
+      {"dynamic_pos_bias_mlp_depth",
+       [](TransformerConfig& c) {
+         c.dynamic_pos_bias = true;
+         c.dynamic_pos_bias_mlp_depth = 0;
+       }},
+      {"dim",
+       [](TransformerConfig& c) {
+         c.dynamic_pos_bias = true;
+         c.dim = 3;
+       }},
+      {"attn_num_mem_kv",
+       [](TransformerConfig& c) {
+         c.dynamic_pos_bias = true;
+         c.attn_num_mem_kv = 2;
+       }},
+      {"cross_residual_attn",
+       [](TransformerConfig& c) {
+         c.cross_attend = true;
+         c.cross_residual_attn = true;
+         c.cross_attention = "linear";
+       }},
+      {"weight_tie_layers",
+       [](TransformerConfig& c) {
+         c.weight_tie_layers = true;
+         c.custom_layers = "aff";
+       }},
+      {"weight_tie_layers",
+       [](TransformerConfig& c) {
+         c.weight_tie_layers = true;
+         c.sandwich_coef = 1;
+       }},
+      {"mask_prob", [](TransformerConfig& c) { c.mask_prob = 1.0; }},
+      {"mask_prob", [](TransformerConfig& c) { c.mask_prob = 0.5; }},
+      {"mask_prob",
+       [](TransformerConfig& c) {
+         c.causal = true;
+         c.mask_prob = 0.5;
+         c.residual_attn = true;
+       }},
+  };
+  for (const Case& c : cases) {
+    TransformerConfig config = TinyConfig();
+    c.mutate(config);
+    auto model = TransformerWrapper::Create(config, registry_);
+    ASSERT_FALSE(model.ok()) << c.field;
+    EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(model.status().message().find(std::string("TransformerConfig.") +
+                                            c.field),
+              std::string::npos)
+        << model.status();
+  }
+  TransformerConfig config = TinyConfig();
+  config.dynamic_pos_bias = true;
+  config.causal = true;
+  auto model = TransformerWrapper::Create(config, registry_);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->StepSupport().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(TransformerTest, JsonReadsTheStackExtraOptions) {
+  auto config = TransformerConfigFromJson(R"({
+      "dynamic_pos_bias": true, "dynamic_pos_bias_log_distance": true,
+      "dynamic_pos_bias_mlp_depth": 3, "dynamic_pos_bias_norm": true,
+      "cross_residual_attn": true, "weight_tie_layers": true,
+      "mask_prob": 0.25})");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->dynamic_pos_bias && config->dynamic_pos_bias_norm &&
+              config->dynamic_pos_bias_log_distance &&
+              config->cross_residual_attn && config->weight_tie_layers);
+  EXPECT_EQ(config->dynamic_pos_bias_mlp_depth, 3);
+  EXPECT_EQ(config->mask_prob, 0.25);
+  auto bad = TransformerConfigFromJson(R"({"mask_prob": "high"})");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("mask_prob"), std::string::npos);
 }
 
 }  // namespace

@@ -184,8 +184,9 @@ ViTransformerWrapper::Create(const ViTConfig& config,
                      " must be divisible by patch_size ", config.patch_size));
   }
   if (config.channels < 1) return bad("channels", config.channels, ">= 1");
-  if (config.num_classes < 1) {
-    return bad("num_classes", config.num_classes, ">= 1");
+  if (config.num_classes < 0) {
+    return bad("num_classes", config.num_classes,
+               ">= 0 (0: embeddings, no head)");
   }
   if (config.attn_layers.causal) {
     return absl::InvalidArgumentError(
@@ -195,9 +196,11 @@ ViTransformerWrapper::Create(const ViTConfig& config,
                        AttentionLayers::Create(config.attn_layers, registry));
   const int64_t C = config.attn_layers.dim;
   FTX_ASSIGN_OR_RETURN(LayerNormLayer norm, LayerNormLayer::Create({.dim = C}));
-  FTX_ASSIGN_OR_RETURN(
-      FeedForward head,
-      FeedForward::Create({.dim = C, .dim_out = config.num_classes}));
+  std::optional<FeedForward> head;
+  if (config.num_classes > 0) {
+    FTX_ASSIGN_OR_RETURN(
+        head, FeedForward::Create({.dim = C, .dim_out = config.num_classes}));
+  }
   return std::unique_ptr<ViTransformerWrapper>(new ViTransformerWrapper(
       config, std::move(layers), norm, std::move(head)));
 }
@@ -223,7 +226,8 @@ std::vector<ParamShape> ViTransformerWrapper::ParamShapes() const {
   }
   shapes.push_back({"norm.weight", {C}});
   shapes.push_back({"norm.bias", {C}});
-  for (ParamShape& shape : WithPrefix("mlp_head.", head_.ParamShapes())) {
+  if (!head_) return shapes;
+  for (ParamShape& shape : WithPrefix("mlp_head.", head_->ParamShapes())) {
     shapes.push_back(std::move(shape));
   }
   return shapes;
@@ -257,6 +261,7 @@ absl::Status ViTransformerWrapper::InitParams(const Context& ctx,
   FTX_ASSIGN_OR_RETURN(TensorView<float> norm_w, store.Value("norm.weight"));
   FTX_ASSIGN_OR_RETURN(TensorView<float> norm_b, store.Value("norm.bias"));
   FTX_RETURN_IF_ERROR(norm_.InitParams(norm_w, norm_b));
+  if (!head_) return absl::OkStatus();
   FTX_ASSIGN_OR_RETURN(TensorView<float> h0w,
                        store.Value("mlp_head.net.0.0.weight"));
   FTX_ASSIGN_OR_RETURN(TensorView<float> h0b,
@@ -265,8 +270,8 @@ absl::Status ViTransformerWrapper::InitParams(const Context& ctx,
                        store.Value("mlp_head.net.3.weight"));
   FTX_ASSIGN_OR_RETURN(TensorView<float> h3b,
                        store.Value("mlp_head.net.3.bias"));
-  return head_.InitParams(ctx, WrapperSeed(seed, 13),
-                          {h0w, h0b, {}, {}, h3w, h3b});
+  return head_->InitParams(ctx, WrapperSeed(seed, 13),
+                           {h0w, h0b, {}, {}, h3w, h3b});
 }
 
 absl::Status ViTransformerWrapper::Forward(const Context& ctx,
@@ -286,11 +291,12 @@ absl::Status ViTransformerWrapper::Forward(const Context& ctx,
   }
   const int64_t B = images.dim(0), N = num_patches(), P = patch_dim(),
                 C = config_.attn_layers.dim;
-  if (logits.rank() != 2 || !IsDenseCpu(logits) || logits.dim(0) != B ||
-      logits.dim(1) != K) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("ViTransformerWrapper: logits must be a contiguous CPU [",
-                     B, ", ", K, "] tensor, got ", logits.shape().ToString()));
+  const Shape out_shape = head_ ? Shape{B, K} : Shape{B, N + 1, C};
+  if (logits.shape() != out_shape || !IsDenseCpu(logits)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ViTransformerWrapper: logits must be a contiguous CPU ",
+        out_shape.ToString(), head_ ? " tensor" : " tensor (embeddings)",
+        ", got ", logits.shape().ToString()));
   }
   FTX_ASSIGN_OR_RETURN(TensorView<float> patches, Buffer(patches_, {B, N, P}));
   FTX_RETURN_IF_ERROR(ImageToPatches(ctx, images, p, patches));
@@ -321,20 +327,58 @@ absl::Status ViTransformerWrapper::Forward(const Context& ctx,
   FTX_RETURN_IF_ERROR(layers_->Forward(ctx, store, "attn_layers.", embedded,
                                        StackInputs{}, stack_out,
                                        save_for_backward));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> norm_w, store.Value("norm.weight"));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> norm_b, store.Value("norm.bias"));
+  if (!head_) {
+    FTX_RETURN_IF_ERROR(
+        norm_.Forward(ctx, norm_w, norm_b, stack_out, logits, &norm_cache_));
+    batch_ = B;
+    saved_ = save_for_backward;
+    return absl::OkStatus();
+  }
   FTX_ASSIGN_OR_RETURN(TensorView<float> cls, Buffer(cls_, {B, C}));
   for (int64_t b = 0; b < B; ++b) {
     const float* source = stack_out.data() + b * (N + 1) * C;
     for (int64_t c = 0; c < C; ++c) cls.data()[b * C + c] = source[c];
   }
   FTX_ASSIGN_OR_RETURN(TensorView<float> normed, Buffer(normed_, {B, C}));
-  FTX_ASSIGN_OR_RETURN(TensorView<float> norm_w, store.Value("norm.weight"));
-  FTX_ASSIGN_OR_RETURN(TensorView<float> norm_b, store.Value("norm.bias"));
   FTX_RETURN_IF_ERROR(
       norm_.Forward(ctx, norm_w, norm_b, cls, normed, &norm_cache_));
   FTX_RETURN_IF_ERROR(
-      head_.Forward(ctx, HeadParams(store), normed, {}, logits, &head_cache_));
+      head_->Forward(ctx, HeadParams(store), normed, {}, logits, &head_cache_));
   batch_ = B;
   saved_ = save_for_backward;
+  return absl::OkStatus();
+}
+
+absl::Status ViTransformerWrapper::HeadBackward(
+    const Context& ctx, ParamStore& store, TensorView<const float> d_logits,
+    TensorView<float> d_stack_out) {
+  const int64_t B = batch_, N = num_patches(), C = config_.attn_layers.dim;
+  FTX_ASSIGN_OR_RETURN(TensorView<float> d_normed, Buffer(d_normed_, {B, C}));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> g0w,
+                       store.Grad("mlp_head.net.0.0.weight"));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> g0b,
+                       store.Grad("mlp_head.net.0.0.bias"));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> g3w,
+                       store.Grad("mlp_head.net.3.weight"));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> g3b,
+                       store.Grad("mlp_head.net.3.bias"));
+  FTX_RETURN_IF_ERROR(head_->Backward(ctx, HeadParams(store), head_cache_,
+                                      normed_.view<float>(), d_logits, d_normed,
+                                      {g0w, g0b, {}, {}, g3w, g3b}));
+  std::fill(d_stack_out.data(), d_stack_out.data() + B * (N + 1) * C, 0.0f);
+  FTX_ASSIGN_OR_RETURN(TensorView<float> norm_w, store.Value("norm.weight"));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> d_norm_w, store.Grad("norm.weight"));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> d_norm_b, store.Grad("norm.bias"));
+  FTX_ASSIGN_OR_RETURN(TensorView<float> d_cls, Buffer(d_cls_, {B, C}));
+  FTX_RETURN_IF_ERROR(norm_.Backward(ctx, norm_w, norm_cache_,
+                                     cls_.view<float>(), d_normed, d_cls,
+                                     d_norm_w, d_norm_b));
+  for (int64_t b = 0; b < B; ++b) {
+    float* target = d_stack_out.data() + b * (N + 1) * C;
+    for (int64_t c = 0; c < C; ++c) target[c] = d_cls.data()[b * C + c];
+  }
   return absl::OkStatus();
 }
 
@@ -351,11 +395,11 @@ absl::Status ViTransformerWrapper::Backward(const Context& ctx,
                 P = patch_dim(), C = config_.attn_layers.dim,
                 S = config_.image_size, ch = config_.channels,
                 p = config_.patch_size;
-  if (d_logits.rank() != 2 || !IsDenseCpu(d_logits) || d_logits.dim(0) != B ||
-      d_logits.dim(1) != K) {
+  const Shape out_shape = head_ ? Shape{B, K} : Shape{B, N + 1, C};
+  if (d_logits.shape() != out_shape || !IsDenseCpu(d_logits)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "ViTransformerWrapper::Backward: d_logits must be a contiguous CPU [",
-        B, ", ", K, "] tensor, got ", d_logits.shape().ToString()));
+        "ViTransformerWrapper::Backward: d_logits must be a contiguous CPU ",
+        out_shape.ToString(), " tensor, got ", d_logits.shape().ToString()));
   }
   // A default-constructed view (rank 0, no data) skips the image gradient.
   const bool want_images = d_images.data() != nullptr || d_images.rank() > 0;
@@ -368,31 +412,18 @@ absl::Status ViTransformerWrapper::Backward(const Context& ctx,
         B, ", ", ch, ", ", S, ", ", S, "] tensor, got ",
         d_images.shape().ToString()));
   }
-  FTX_ASSIGN_OR_RETURN(TensorView<float> d_normed, Buffer(d_normed_, {B, C}));
-  FTX_ASSIGN_OR_RETURN(TensorView<float> g0w,
-                       store.Grad("mlp_head.net.0.0.weight"));
-  FTX_ASSIGN_OR_RETURN(TensorView<float> g0b,
-                       store.Grad("mlp_head.net.0.0.bias"));
-  FTX_ASSIGN_OR_RETURN(TensorView<float> g3w,
-                       store.Grad("mlp_head.net.3.weight"));
-  FTX_ASSIGN_OR_RETURN(TensorView<float> g3b,
-                       store.Grad("mlp_head.net.3.bias"));
-  FTX_RETURN_IF_ERROR(head_.Backward(ctx, HeadParams(store), head_cache_,
-                                     normed_.view<float>(), d_logits, d_normed,
-                                     {g0w, g0b, {}, {}, g3w, g3b}));
   FTX_ASSIGN_OR_RETURN(TensorView<float> d_stack_out,
                        Buffer(d_stack_out_, {B, N + 1, C}));
-  std::fill(d_stack_out.data(), d_stack_out.data() + B * (N + 1) * C, 0.0f);
-  FTX_ASSIGN_OR_RETURN(TensorView<float> norm_w, store.Value("norm.weight"));
-  FTX_ASSIGN_OR_RETURN(TensorView<float> d_norm_w, store.Grad("norm.weight"));
-  FTX_ASSIGN_OR_RETURN(TensorView<float> d_norm_b, store.Grad("norm.bias"));
-  FTX_ASSIGN_OR_RETURN(TensorView<float> d_cls, Buffer(d_cls_, {B, C}));
-  FTX_RETURN_IF_ERROR(norm_.Backward(ctx, norm_w, norm_cache_,
-                                     cls_.view<float>(), d_normed, d_cls,
-                                     d_norm_w, d_norm_b));
-  for (int64_t b = 0; b < B; ++b) {
-    float* target = d_stack_out.data() + b * (N + 1) * C;
-    for (int64_t c = 0; c < C; ++c) target[c] = d_cls.data()[b * C + c];
+  if (head_) {
+    FTX_RETURN_IF_ERROR(HeadBackward(ctx, store, d_logits, d_stack_out));
+  } else {
+    // Embeddings: the final norm covers every row.
+    FTX_ASSIGN_OR_RETURN(TensorView<float> norm_w, store.Value("norm.weight"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> d_norm_w, store.Grad("norm.weight"));
+    FTX_ASSIGN_OR_RETURN(TensorView<float> d_norm_b, store.Grad("norm.bias"));
+    FTX_RETURN_IF_ERROR(norm_.Backward(ctx, norm_w, norm_cache_,
+                                       stack_out_.view<float>(), d_logits,
+                                       d_stack_out, d_norm_w, d_norm_b));
   }
   FTX_ASSIGN_OR_RETURN(TensorView<float> d_embedded,
                        Buffer(d_embedded_, {B, N + 1, C}));

@@ -11,8 +11,13 @@
 // The head is 0.26.6's FeedForward(dim, dim_out = num_classes) (GELU, inner
 // 4 * dim) after the wrapper's final LayerNorm `norm`; only the CLS row is
 // normalised, which is all the head reads. `channels` is 1.0.0's option
-// (0.26.6 fixes 3). Not supported: dropout, emb_dropout,
-// return_embeddings, and 1.0.0's mean-pool head.
+// (0.26.6 fixes 3). Without classes (num_classes = 0, 0.26.6's
+// num_classes = None) there is no mlp_head and Forward returns the
+// embeddings LayerNorm(x) [B, N + 1, C] (the CLS row first), as 0.26.6
+// does; this is the README's image encoder for captioning: a cross-attending
+// decoder reads them as its context and Backward takes their gradient
+// (d_context of TransformerWrapper::Backward). Not supported: dropout,
+// emb_dropout, return_embeddings with classes, and 1.0.0's mean-pool head.
 //
 // Parameter names (x-transformers 0.26.6 state_dict keys) and initialisation:
 //   pos_embedding [1, N + 1, C]              N(0, 1) (torch.randn)
@@ -22,6 +27,7 @@
 //   norm.weight, norm.bias [C]               ones, zeros
 //   mlp_head.net.0.0.weight [4C, C], .bias   torch Linear
 //   mlp_head.net.3.weight [K, 4C], .bias [K] torch Linear
+//   (no mlp_head.* without classes)
 //
 // Gradient convention: Backward accumulates every parameter gradient into the
 // ParamStore (+=); the image gradient is written (=).
@@ -39,6 +45,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -72,7 +79,7 @@ struct ViTConfig {
   int64_t image_size = 0;  // H = W
   int64_t patch_size = 0;  // p, divides image_size
   int64_t channels = 3;
-  int64_t num_classes = 0;  // K
+  int64_t num_classes = 0;  // K; 0: no head, Forward returns embeddings
   // The Encoder: dim, depth, heads, ... (causal must be false; the wrapper
   // fields num_tokens and max_seq_len are ignored). Its seed initialises the
   // whole model.
@@ -104,11 +111,13 @@ class ViTransformerWrapper {
   absl::Status InitParams(const Context& ctx, ParamStore& store) const;
 
   // images: contiguous [B, channels, image_size, image_size]; logits:
-  // contiguous [B, num_classes]. CPU context.
+  // contiguous [B, num_classes], or the embeddings [B, N + 1, C] without
+  // classes. CPU context.
   absl::Status Forward(const Context& ctx, ParamStore& store,
                        TensorView<const float> images, TensorView<float> logits,
                        bool save_for_backward);
-  // d_logits: [B, num_classes]; d_images: the images' shape (=), or empty to
+  // d_logits: Forward's logits shape ([B, num_classes] or [B, N + 1, C]);
+  // d_images: the images' shape (=), or empty to
   // skip; parameter gradients (+=). Needs a saving Forward just before.
   absl::Status Backward(const Context& ctx, ParamStore& store,
                         TensorView<const float> d_logits,
@@ -117,20 +126,26 @@ class ViTransformerWrapper {
  private:
   ViTransformerWrapper(const ViTConfig& config,
                        std::unique_ptr<AttentionLayers> layers,
-                       LayerNormLayer norm, FeedForward head)
+                       LayerNormLayer norm, std::optional<FeedForward> head)
       : config_(config),
         layers_(std::move(layers)),
         norm_(norm),
         head_(std::move(head)) {}
 
   FeedForwardParams HeadParams(ParamStore& store) const;
+  // With classes: the head's and the CLS norm's backward; writes d_stack_out
+  // [B, N + 1, C] (zero outside the CLS rows).
+  absl::Status HeadBackward(const Context& ctx, ParamStore& store,
+                            TensorView<const float> d_logits,
+                            TensorView<float> d_stack_out);
 
   ViTConfig config_;
   std::unique_ptr<AttentionLayers> layers_;
   LayerNormLayer norm_;
-  FeedForward head_;
+  std::optional<FeedForward> head_;  // absent without classes
   // Forward state: patches [B, N, P], patch embeddings [B, N, C], stack input
-  // and output [B, N + 1, C], the CLS rows [B, C] and their norm.
+  // and output [B, N + 1, C], the CLS rows [B, C] and their norm (without
+  // classes: the norm of every row, [B, N + 1, C]).
   int64_t batch_ = 0;
   bool saved_ = false;
   Tensor patches_, patch_embedded_, embedded_, stack_out_, cls_, normed_;

@@ -243,7 +243,7 @@ TEST_F(ViTTest, BadConfigs) {
   ASSERT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(model.status().message().find("Encoder"), std::string::npos);
   config = TinyConfig();
-  config.num_classes = 0;
+  config.num_classes = -1;
   model = ViTransformerWrapper::Create(config, registry_);
   ASSERT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(model.status().message().find("num_classes"), std::string::npos);
@@ -340,6 +340,175 @@ TEST(ViTConfigFromJsonTest, BadJsonNamesTheKey) {
     EXPECT_NE(config.status().message().find(c.named), std::string::npos)
         << c.json << ": " << config.status();
   }
+}
+
+// x-transformers' captioning example: a ViT without classes encodes the image
+// into embeddings [B, N + 1, C], which a cross-attending decoder reads as its
+// context; the decoder's context gradient flows back into the ViT.
+class ViTCaptioningTest : public ViTTest {
+ protected:
+  static constexpr int64_t kBatch = 2, kLength = 4;
+
+  void BuildPair() {
+    ViTConfig encoder = TinyConfig();
+    encoder.num_classes = 0;
+    Build(encoder);
+    TransformerConfig decoder;
+    decoder.dim = 6;
+    decoder.depth = 1;
+    decoder.heads = 2;
+    decoder.dim_head = 3;
+    decoder.causal = true;
+    decoder.cross_attend = true;
+    decoder.context_dim = encoder.attn_layers.dim;
+    decoder.num_tokens = 7;
+    decoder.max_seq_len = 8;
+    decoder.seed = 9;
+    decoder.attention_options["attention_dropout"] = 0.0;
+    auto model = TransformerWrapper::Create(decoder, registry_);
+    ASSERT_TRUE(model.ok()) << model.status();
+    decoder_ = std::move(model).value();
+    auto store = ParamStore::Create(decoder_->ParamShapes());
+    ASSERT_TRUE(store.ok()) << store.status();
+    decoder_store_ = std::make_unique<ParamStore>(std::move(store).value());
+    ASSERT_TRUE(decoder_->InitParams(*ctx_, *decoder_store_).ok());
+  }
+
+  Shape EmbeddingShape() const {
+    return Shape(
+        {kBatch, model_->num_patches() + 1, model_->config().attn_layers.dim});
+  }
+
+  // images -> ViT embeddings -> decoder logits [B, T, V] (flattened).
+  std::vector<float> Caption(const std::vector<float>& images,
+                             bool save_for_backward) {
+    embeddings_.assign(EmbeddingShape().NumElements(), 0.0f);
+    absl::Status status = model_->Forward(
+        *ctx_, *store_,
+        TensorView<const float>(images.data(), ImageShape(kBatch)),
+        TensorView<float>(embeddings_.data(), EmbeddingShape()),
+        save_for_backward);
+    EXPECT_TRUE(status.ok()) << status;
+    TransformerInputs inputs;
+    inputs.tokens =
+        TensorView<const int32_t>(tokens_.data(), {kBatch, kLength});
+    inputs.context =
+        TensorView<const float>(embeddings_.data(), EmbeddingShape());
+    const int64_t V = decoder_->config().num_tokens;
+    std::vector<float> logits(kBatch * kLength * V);
+    status = decoder_->Forward(
+        *ctx_, *decoder_store_, inputs,
+        TensorView<float>(logits.data(), {kBatch, kLength, V}),
+        save_for_backward);
+    EXPECT_TRUE(status.ok()) << status;
+    return logits;
+  }
+
+  std::unique_ptr<TransformerWrapper> decoder_;
+  std::unique_ptr<ParamStore> decoder_store_;
+  const std::vector<int32_t> tokens_ = {1, 6, 0, 3, 2, 2, 5, 4};  // [2, 4]
+  std::vector<float> embeddings_;
+};
+
+TEST_F(ViTCaptioningTest, EmbeddingsAreTheNormalisedStackWithoutAHead) {
+  BuildPair();
+  for (const ParamShape& shape : model_->ParamShapes()) {
+    EXPECT_EQ(shape.name.find("mlp_head"), std::string::npos) << shape.name;
+  }
+  const std::vector<float> images =
+      RandomUniformVector<float>(kBatch * 2 * 16, 4);
+  Caption(images, false);
+  // Every row is LayerNorm'd: mean 0 and variance 1 before the (initial,
+  // identity) affine part.
+  const int64_t C = model_->config().attn_layers.dim;
+  for (size_t row = 0; row < embeddings_.size() / C; ++row) {
+    double mean = 0, square = 0;
+    for (int64_t c = 0; c < C; ++c) mean += embeddings_[row * C + c] / C;
+    for (int64_t c = 0; c < C; ++c) {
+      const double centred = embeddings_[row * C + c] - mean;
+      square += centred * centred / C;
+    }
+    EXPECT_NEAR(mean, 0.0, 1e-5);
+    EXPECT_NEAR(square, 1.0, 1e-3);
+  }
+  std::vector<float> wrong(kBatch * 3);
+  const absl::Status status = model_->Forward(
+      *ctx_, *store_,
+      TensorView<const float>(images.data(), ImageShape(kBatch)),
+      TensorView<float>(wrong.data(), {kBatch, 3}), false);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("embeddings"), std::string::npos) << status;
+}
+
+TEST_F(ViTCaptioningTest, GradientsThroughDecoderAndEncoder) {
+  BuildPair();
+  std::vector<float> images = RandomUniformVector<float>(kBatch * 2 * 16, 5);
+  const std::vector<float> logits = Caption(images, false);
+  const std::vector<double> w = RandomUniformVector<double>(logits.size(), 6);
+  auto loss = [&]() {
+    const std::vector<float> out = Caption(images, false);
+    double sum = 0;
+    for (size_t i = 0; i < out.size(); ++i) sum += w[i] * out[i];
+    return sum;
+  };
+  store_->ZeroGrads();
+  decoder_store_->ZeroGrads();
+  Caption(images, /*save_for_backward=*/true);
+  const std::vector<float> d_logits(w.begin(), w.end());
+  std::vector<float> d_embeddings(embeddings_.size(), 7.0f);
+  absl::Status status = decoder_->Backward(
+      *ctx_, *decoder_store_,
+      TensorView<const float>(d_logits.data(),
+                              {kBatch, kLength, decoder_->config().num_tokens}),
+      TensorView<float>(d_embeddings.data(), EmbeddingShape()));
+  ASSERT_TRUE(status.ok()) << status;
+  std::vector<float> d_images(images.size(), 7.0f);
+  status = model_->Backward(
+      *ctx_, *store_,
+      TensorView<const float>(d_embeddings.data(), EmbeddingShape()),
+      TensorView<float>(d_images.data(), ImageShape(kBatch)));
+  ASSERT_TRUE(status.ok()) << status;
+
+  const double h = 1e-2, abs_tol = 2e-3, rel_tol = 2e-2;
+  double worst = 0;
+  std::string worst_name;
+  int64_t checked = 0;
+  auto check = [&](float* value, double analytic, const std::string& name) {
+    const float saved = *value;
+    *value = saved + static_cast<float>(h);
+    const double plus = loss();
+    *value = saved - static_cast<float>(h);
+    const double minus = loss();
+    *value = saved;
+    const double numeric = (plus - minus) / (2 * h);
+    const double ratio =
+        std::abs(analytic - numeric) /
+        (abs_tol + rel_tol * std::max(std::abs(analytic), std::abs(numeric)));
+    ++checked;
+    if (ratio > worst) {
+      worst = ratio;
+      worst_name = name + " analytic " + std::to_string(analytic) +
+                   " numeric " + std::to_string(numeric);
+    }
+  };
+  // Up to 7 entries per tensor of both models, spread over it.
+  for (ParamStore* store : {store_.get(), decoder_store_.get()}) {
+    const std::string model = store == store_.get() ? "vit." : "decoder.";
+    store->ForEachParam([&](ParamSlot slot) {
+      const int64_t n = slot.value.NumElements();
+      const int64_t step = std::max<int64_t>(1, n / 7);
+      for (int64_t i = 0; i < n; i += step) {
+        check(slot.value.data() + i, slot.grad.data()[i],
+              model + slot.name + "[" + std::to_string(i) + "]");
+      }
+    });
+  }
+  for (size_t i = 0; i < images.size(); i += 3) {
+    check(images.data() + i, d_images[i], "images[" + std::to_string(i) + "]");
+  }
+  std::printf("checked %lld entries; worst ratio %.3f at %s\n",
+              static_cast<long long>(checked), worst, worst_name.c_str());
+  EXPECT_LT(worst, 1.0) << worst_name;
 }
 
 }  // namespace

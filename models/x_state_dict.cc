@@ -34,10 +34,12 @@ absl::StatusOr<std::vector<StateDictRule>> StackRules(
     const TransformerConfig& c, const std::string& reference,
     const std::string& ftx) {
   FTX_RETURN_IF_ERROR(ValidateTransformerConfig(c, /*require_wrapper=*/false));
-  if (c.resi_dual || c.attn_qk_norm) {
+  if (c.resi_dual || c.attn_qk_norm || c.weight_tie_layers) {
     return absl::InvalidArgumentError(
         absl::StrCat("x-transformers 0.26.6 has no ",
-                     c.resi_dual ? "resi_dual" : "attn_qk_norm",
+                     c.resi_dual      ? "resi_dual"
+                     : c.attn_qk_norm ? "attn_qk_norm"
+                                      : "weight_tie_layers",
                      " (a later release's option): no state_dict map"));
   }
   FTX_ASSIGN_OR_RETURN(const std::string types, XTransformersLayerTypes(c));
@@ -52,6 +54,26 @@ absl::StatusOr<std::vector<StateDictRule>> StackRules(
     if (!c.causal) {
       Add(rules, reference + "rel_pos.learned_logslopes_future",
           ftx + "rel_pos.learned_logslopes_future");
+    }
+  }
+  if (c.dynamic_pos_bias) {
+    // DynamicPositionBias(dim // 4, ...): mlp.{k}.0 Linear, mlp.{k}.1
+    // LayerNorm (norm only), mlp.{depth} the output Linear.
+    for (int64_t k = 0; k < c.dynamic_pos_bias_mlp_depth; ++k) {
+      std::vector<std::string> names = {"0.weight", "0.bias"};
+      if (c.dynamic_pos_bias_norm) {
+        names.push_back("1.weight");
+        names.push_back("1.bias");
+      }
+      for (const std::string& name : names) {
+        const std::string tensor = absl::StrCat("rel_pos.mlp.", k, ".", name);
+        Add(rules, reference + tensor, ftx + tensor);
+      }
+    }
+    for (const char* name : {"weight", "bias"}) {
+      const std::string tensor =
+          absl::StrCat("rel_pos.mlp.", c.dynamic_pos_bias_mlp_depth, ".", name);
+      Add(rules, reference + tensor, ftx + tensor);
     }
   }
   for (size_t i = 0; i < types.size(); ++i) {

@@ -116,7 +116,7 @@ struct XTransformerStore {
     store.ForEachParam([&](ParamSlot slot) {
       const std::string name = prefix + slot.name;
       fn(ParamSlot{name, slot.value, slot.grad, slot.first_moment,
-                   slot.second_moment});
+                   slot.second_moment, slot.trainable});
     });
   }
 };

@@ -422,5 +422,28 @@ TEST(XTransformerConfigFromJsonTest, BadJsonNamesTheKey) {
   }
 }
 
+// The stack options reach either half through the enc_ / dec_ prefixes; the
+// decoder's cross_residual_attn and dynamic_pos_bias validate and build.
+TEST(XTransformerConfigFromJsonTest, ReadsThePrefixedStackOptions) {
+  const absl::StatusOr<XTransformerConfig> config = XTransformerConfigFromJson(
+      R"({"dim": 8, "enc_num_tokens": 11, "enc_depth": 1, "enc_heads": 2,
+          "enc_dim_head": 4, "enc_max_seq_len": 9, "enc_weight_tie_layers":
+          true, "dec_num_tokens": 13, "dec_depth": 2, "dec_heads": 2,
+          "dec_dim_head": 4, "dec_max_seq_len": 9, "dec_cross_residual_attn":
+          true, "dec_dynamic_pos_bias": true,
+          "dec_dynamic_pos_bias_log_distance": true, "dec_mask_prob": 0.25})");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->encoder.weight_tie_layers);
+  EXPECT_FALSE(config->encoder.cross_residual_attn);
+  EXPECT_TRUE(config->decoder.cross_residual_attn);
+  EXPECT_TRUE(config->decoder.dynamic_pos_bias);
+  EXPECT_TRUE(config->decoder.dynamic_pos_bias_log_distance);
+  EXPECT_EQ(config->decoder.mask_prob, 0.25);
+  AttentionRegistry registry;
+  ASSERT_TRUE(RegisterBuiltinAttentions(registry).ok());
+  const auto model = XTransformer::Create(*config, registry);
+  EXPECT_TRUE(model.ok()) << model.status();
+}
+
 }  // namespace
 }  // namespace ftx

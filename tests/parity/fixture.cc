@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <set>
+#include <string>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -66,9 +69,9 @@ absl::StatusOr<nlohmann::json> MetaJson(const SafetensorsFile& file,
   nlohmann::json value = nlohmann::json::parse(it->second, nullptr,
                                                /*allow_exceptions=*/false);
   if (value.is_discarded()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "metadata \"", key, "\" of ", file.source(), " is not JSON: ",
-        it->second));
+    return absl::InvalidArgumentError(
+        absl::StrCat("metadata \"", key, "\" of ", file.source(),
+                     " is not JSON: ", it->second));
   }
   return value;
 }
@@ -195,12 +198,19 @@ void ExpectParity(TensorView<const float> actual,
 
 absl::Status LoadFixtureParams(const Fixture& fixture, const StateDictMap& map,
                                ParamStore& store, absl::string_view prefix) {
-  StateDictMap prefixed{map.library, map.rules, {}};
+  StateDictMap prefixed = map;
   for (StateDictRule& rule : prefixed.rules) {
     rule.reference = absl::StrCat(prefix, rule.reference);
   }
-  for (const std::string& ignored : map.ignored) {
-    prefixed.ignored.push_back(absl::StrCat(prefix, ignored));
+  for (StateDictAlias& alias : prefixed.aliases) {
+    alias.reference = absl::StrCat(prefix, alias.reference);
+    alias.same_as = absl::StrCat(prefix, alias.same_as);
+  }
+  for (StateDictFixedTensor& fixed : prefixed.fixed) {
+    fixed.reference = absl::StrCat(prefix, fixed.reference);
+  }
+  for (std::string& ignored : prefixed.ignored) {
+    ignored = absl::StrCat(prefix, ignored);
   }
   for (const SafetensorsEntry& entry : fixture.file().entries()) {
     if (!absl::StartsWith(entry.name, prefix)) {
@@ -208,6 +218,49 @@ absl::Status LoadFixtureParams(const Fixture& fixture, const StateDictMap& map,
     }
   }
   return ImportStateDict(fixture.file(), prefixed, store);
+}
+
+void ExpectExportMatchesStateDict(
+    const Fixture& fixture, const StateDictMap& map, ParamStore& store,
+    const std::map<std::string, std::vector<int64_t>>& reference_shapes,
+    absl::string_view prefix) {
+  const char* dir = std::getenv("TEST_TMPDIR");
+  const std::string path = absl::StrCat(dir != nullptr ? dir : "/tmp",
+                                        "/exported_state_dict.safetensors");
+  const absl::Status exported =
+      ExportStateDict(store, map, reference_shapes, path);
+  ASSERT_TRUE(exported.ok()) << exported;
+  absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::set<std::string> written;
+  for (const SafetensorsEntry& entry : file->entries()) {
+    written.insert(entry.name);
+  }
+  for (const std::string& name : fixture.NamesWithPrefix(prefix)) {
+    const std::string key = name.substr(prefix.size());
+    if (written.erase(key) == 0) {
+      ADD_FAILURE() << "export lacks state_dict key " << key;
+      continue;
+    }
+    const SafetensorsEntry* reference = *fixture.file().Find(name);
+    const SafetensorsEntry* ours = *file->Find(key);
+    EXPECT_EQ(ours->shape, reference->shape) << key;
+    if (reference->dtype == "I64") {
+      EXPECT_EQ(ours->dtype, "I64") << key;
+      EXPECT_EQ(file->Bytes(*ours), fixture.file().Bytes(*reference)) << key;
+      continue;
+    }
+    if (ours->shape != reference->shape) continue;
+    absl::StatusOr<Tensor> expected = fixture.file().ReadFloat(name);
+    absl::StatusOr<Tensor> actual = file->ReadFloat(key);
+    ASSERT_TRUE(expected.ok() && actual.ok()) << key;
+    ExpectParity(actual->view<float>(), expected->view<float>(), 1e-6,
+                 "exported " + key);
+  }
+  for (const std::string& extra : written) {
+    ADD_FAILURE() << "export writes " << extra
+                  << ", which the reference state_dict does not have";
+  }
 }
 
 }  // namespace ftx::parity

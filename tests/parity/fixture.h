@@ -9,7 +9,8 @@
 // 1e-4 on fp32 outputs and 1e-3 on gradients.
 //
 // Example:
-//   auto fixture = Fixture::Open("tests/data/parity/performer/favor.safetensors");
+//   auto fixture =
+//   Fixture::Open("tests/data/parity/performer/favor.safetensors");
 //   ASSERT_TRUE(fixture.ok()) << fixture.status();
 //   Tensor q = fixture->Float("input.q");             // [N, L, H, E]
 //   ExpectParity(out.view<float>(), fixture->Float("output.out").view<float>(),
@@ -18,6 +19,7 @@
 #define FTX_TESTS_PARITY_FIXTURE_H_
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -80,6 +82,17 @@ double RelativeError(TensorView<const float> actual,
 absl::Status LoadFixtureParams(const Fixture& fixture, const StateDictMap& map,
                                ParamStore& store,
                                absl::string_view prefix = "param.");
+
+// The export half of the round trip: ExportStateDict(store, map,
+// reference_shapes) must write exactly the fixture's "param.<name>" tensors
+// (the reference model's whole state_dict, so the file loads with
+// load_state_dict(strict=True)): the same keys, shapes and integer dtypes,
+// and values within 1e-6 relative (weights come back exactly; recomputed
+// tables may differ in the last float bit). EXPECT failures name the keys.
+void ExpectExportMatchesStateDict(
+    const Fixture& fixture, const StateDictMap& map, ParamStore& store,
+    const std::map<std::string, std::vector<int64_t>>& reference_shapes,
+    absl::string_view prefix = "param.");
 
 }  // namespace ftx::parity
 

@@ -1,6 +1,6 @@
 // Parity of ftx against linear-attention-transformer 0.19.1
-// (tools/fixtures/make_lat.py; versions of LAT, local-attention, linformer and
-// torch in each fixture's metadata):
+// (tools/fixtures/make_lat.py, make_lat_extra.py; versions of LAT,
+// local-attention, linformer and torch in each fixture's metadata):
 //   - linear_attn / causal_linear_attn (bucket 1 and 4) with a kv_mask against
 //     the global heads of "mixed-local-linear": output, dQ, dK, dV;
 //   - SelfAttention (local + global heads, causal with blindspot, input mask,
@@ -10,7 +10,8 @@
 //     output, d_x, d_context and every parameter gradient;
 //   - LinearAttentionTransformerLM behind the Autopadder against
 //     models/lat.h, weights loaded through LatStateDictMap: output, every
-//     parameter gradient and the context gradient.
+//     parameter gradient and the context gradient (make_lat.py's lm_* cases
+//     and make_lat_extra.py's attend_axially and context Linformer cases).
 // Where a padding mask is given the fixtures zero d_output on padded
 // positions, and only unpadded positions are compared: ftx and the fixtures
 // follow local-attention 1.4.4, which masks padded queries too, but versions
@@ -403,12 +404,12 @@ TEST_P(LatLmParity, OutputAndGradients) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, LatLmParity,
-                         ::testing::Values("lm_causal_local_axial",
-                                           "lm_context_rotary_mask",
-                                           "lm_reversible_shift",
-                                           "lm_linformer_embeddings",
-                                           "lm_pkm_eval"));
+INSTANTIATE_TEST_SUITE_P(
+    Cases, LatLmParity,
+    ::testing::Values("lm_causal_local_axial", "lm_context_rotary_mask",
+                      "lm_reversible_shift", "lm_linformer_embeddings",
+                      "lm_pkm_eval", "lm_axial_causal_mask",
+                      "lm_context_linformer_axial"));
 
 }  // namespace
 }  // namespace ftx::parity

@@ -128,6 +128,7 @@ void RunStack(const std::string& name) {
   auto map = LinformerStateDictMap(config);
   ASSERT_TRUE(map.ok()) << map.status();
   ASSERT_TRUE(LoadFixtureParams(*fixture, *map, store).ok());
+  ExpectExportMatchesStateDict(*fixture, *map, store, {});
   LoadFixedProjections(*fixture, **model);
 
   const Tensor x = fixture->Float("input.x");
@@ -196,6 +197,7 @@ void RunLanguageModel(const std::string& name) {
   auto map = LinformerLMStateDictMap(*config);
   ASSERT_TRUE(map.ok()) << map.status();
   ASSERT_TRUE(LoadFixtureParams(*fixture, *map, store).ok());
+  ExpectExportMatchesStateDict(*fixture, *map, store, {});
 
   const std::vector<int32_t> tokens = Tokens(*fixture, "input.tokens");
   const Tensor expected = fixture->Float("output.logits");
@@ -234,7 +236,8 @@ TEST(LinformerParityTest, LanguageModelFullAttentionReturnEmb) {
 
 TEST(LinformerParityTest, ConverterExportsAndReimports) {
   // `ftx convert` path: the registered converter's map exports the fixture's
-  // weights (one key per shared E, no buffer) and imports them back.
+  // whole state_dict (every key of a shared E / F, the position table) and
+  // imports it back.
   auto fixture =
       Fixture::Open(std::string(kDir) + "lm_layerwise_emb.safetensors");
   ASSERT_TRUE(fixture.ok()) << fixture.status();
@@ -251,6 +254,7 @@ TEST(LinformerParityTest, ConverterExportsAndReimports) {
   ASSERT_TRUE(shapes.ok() && map.ok() && reference_shapes.ok());
   auto store = ParamStore::Create(*shapes).value();
   ASSERT_TRUE(LoadFixtureParams(*fixture, *map, store).ok());
+  ExpectExportMatchesStateDict(*fixture, *map, store, {});
   const std::string path =
       absl::StrCat(::testing::TempDir(), "/linformer_export.safetensors");
   const absl::Status exported =
@@ -266,10 +270,15 @@ TEST(LinformerParityTest, ConverterExportsAndReimports) {
   for (int64_t i = 0; i < a.NumElements(); ++i) {
     ASSERT_EQ(a.data()[i], b.data()[i]) << i;
   }
-  EXPECT_TRUE(fixture->Has("param.linformer.fn.seq.2.fn.heads.1.F.weight"));
-  EXPECT_NE(std::find(map->ignored.begin(), map->ignored.end(),
-                      "linformer.fn.seq.2.fn.heads.1.F.weight"),
-            map->ignored.end());
+  // The shared F of a later layer is written as a copy of the first one.
+  const std::string copy = "linformer.fn.seq.2.fn.heads.1.F.weight";
+  EXPECT_TRUE(fixture->Has("param." + copy));
+  const auto alias = std::find_if(
+      map->aliases.begin(), map->aliases.end(),
+      [&](const StateDictAlias& entry) { return entry.reference == copy; });
+  ASSERT_NE(alias, map->aliases.end());
+  EXPECT_EQ(file->Bytes(**file->Find(copy)),
+            file->Bytes(**file->Find(alias->same_as)));
 }
 
 TEST(LinformerParityTest, EncoderDecoder) {
@@ -286,6 +295,7 @@ TEST(LinformerParityTest, EncoderDecoder) {
   auto map = LinformerEncDecStateDictMap(config);
   ASSERT_TRUE(map.ok()) << map.status();
   ASSERT_TRUE(LoadFixtureParams(*fixture, *map, store).ok());
+  ExpectExportMatchesStateDict(*fixture, *map, store, {});
   const std::vector<int32_t> source = Tokens(*fixture, "input.source");
   const std::vector<int32_t> target = Tokens(*fixture, "input.target");
   const Tensor expected = fixture->Float("output.logits");

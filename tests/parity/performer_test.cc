@@ -163,9 +163,8 @@ void RunLanguageModel(const std::string& name) {
   ASSERT_TRUE(map.ok()) << map.status();
   const absl::Status loaded = LoadFixtureParams(*fixture, *map, *store);
   ASSERT_TRUE(loaded.ok()) << loaded;
-  const absl::Status projections =
-      (*model)->LoadProjections(fixture->file(), "param.");
-  ASSERT_TRUE(projections.ok()) << projections;
+  ExpectExportMatchesStateDict(*fixture, *map, *store,
+                               PerformerReferenceShapes(*config).value());
 
   const Tensor expected = fixture->Float("output.logits");
   const int64_t B = expected.shape().dim(0), T = expected.shape().dim(1);
@@ -240,7 +239,6 @@ TEST(PerformerParityTest, EncoderDecoder) {
   ASSERT_TRUE(map.ok()) << map.status();
   const absl::Status loaded = LoadFixtureParams(*fixture, *map, *store);
   ASSERT_TRUE(loaded.ok()) << loaded;
-  ASSERT_TRUE((*model)->LoadProjections(fixture->file(), "param.").ok());
 
   const std::vector<int32_t> seq_in = Tokens(*fixture, "input.seq_in");
   const std::vector<int32_t> seq_out = Tokens(*fixture, "input.seq_out");
