@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "attention/builtin.h"
 #include "attention/registry.h"
+#include "attention/rotary.h"
 #include "kernels/base/status_macros.h"
 
 namespace ftx {
@@ -155,11 +156,13 @@ absl::StatusOr<std::vector<StateDictRule>> StackRules(
   return rules;
 }
 
-// Buffers of the stack that ftx recomputes.
-std::vector<std::string> StackIgnored(const TransformerConfig& c,
-                                      const std::string& reference) {
+// Buffers of the stack that ftx recomputes: the rotary table.
+std::vector<StateDictFixedTensor> StackFixed(const TransformerConfig& c,
+                                             const std::string& reference) {
   if (!c.rotary_pos_emb) return {};
-  return {reference + "rotary_pos_emb.inv_freq"};
+  return {InverseFrequencies(
+      reference + "rotary_pos_emb.inv_freq",
+      RotaryEmbedding::XTransformersRotaryDim(c.dim_head, c.rotary_emb_dim))};
 }
 
 // The TransformerWrapper map with reference names under `reference`.
@@ -183,7 +186,7 @@ absl::StatusOr<StateDictMap> WrapperMap(const TransformerConfig& c,
       std::vector<StateDictRule> stack,
       StackRules(c, reference + "attn_layers.", "attn_layers."));
   for (StateDictRule& rule : stack) map.rules.push_back(std::move(rule));
-  map.ignored = StackIgnored(c, reference + "attn_layers.");
+  map.fixed = StackFixed(c, reference + "attn_layers.");
   if (c.final_norm) {
     Add(map.rules, reference + "norm.weight", "norm.weight");
     Add(map.rules, reference + "norm.bias", "norm.bias");
@@ -243,19 +246,18 @@ absl::StatusOr<XTransformerStateDictMaps> XTransformerStateDictMapsFor(
   XTransformerStateDictMaps maps;
   FTX_ASSIGN_OR_RETURN(maps.encoder, WrapperMap(config.encoder, "encoder."));
   FTX_ASSIGN_OR_RETURN(maps.decoder, WrapperMap(decoder, "decoder.net."));
+  // Each half skips the other half's keys of the shared file.
+  auto ignore_other = [](const StateDictMap& other, StateDictMap& map) {
+    for (const StateDictRule& rule : other.rules) {
+      map.ignored.push_back(rule.reference);
+    }
+    for (const StateDictFixedTensor& fixed : other.fixed) {
+      map.ignored.push_back(fixed.reference);
+    }
+  };
   const StateDictMap encoder = maps.encoder;
-  for (const StateDictRule& rule : maps.decoder.rules) {
-    maps.encoder.ignored.push_back(rule.reference);
-  }
-  for (const std::string& name : maps.decoder.ignored) {
-    maps.encoder.ignored.push_back(name);
-  }
-  for (const StateDictRule& rule : encoder.rules) {
-    maps.decoder.ignored.push_back(rule.reference);
-  }
-  for (const std::string& name : encoder.ignored) {
-    maps.decoder.ignored.push_back(name);
-  }
+  ignore_other(maps.decoder, maps.encoder);
+  ignore_other(encoder, maps.decoder);
   return maps;
 }
 
@@ -271,11 +273,14 @@ absl::StatusOr<StateDictMap> XTransformersViTStateDictMap(
       std::vector<StateDictRule> stack,
       StackRules(config.attn_layers, "attn_layers.", "attn_layers."));
   for (StateDictRule& rule : stack) map.rules.push_back(std::move(rule));
-  map.ignored = StackIgnored(config.attn_layers, "attn_layers.");
-  for (const char* name : {"norm.weight", "norm.bias",
-                           "mlp_head.net.0.0.weight", "mlp_head.net.0.0.bias",
-                           "mlp_head.net.3.weight", "mlp_head.net.3.bias"}) {
-    Add(map.rules, name, name);
+  map.fixed = StackFixed(config.attn_layers, "attn_layers.");
+  Add(map.rules, "norm.weight", "norm.weight");
+  Add(map.rules, "norm.bias", "norm.bias");
+  if (config.num_classes > 0) {
+    for (const char* name : {"mlp_head.net.0.0.weight", "mlp_head.net.0.0.bias",
+                             "mlp_head.net.3.weight", "mlp_head.net.3.bias"}) {
+      Add(map.rules, name, name);
+    }
   }
   return map;
 }

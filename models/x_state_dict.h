@@ -32,7 +32,8 @@
 // [1, A, 1, 1]). Wrapper: token_emb.emb.weight <-> token_emb.weight, and
 // pos_emb.emb.weight, project_emb.*, memory_tokens, norm.*, to_logits.* under
 // their own names. The rotary buffer attn_layers.rotary_pos_emb.inv_freq
-// (recomputed by ftx) is ignored on import and not written on export.
+// [rotary dim / 2] (recomputed by ftx) is a fixed tensor: skipped on import,
+// written on export, so exports load with strict=True.
 //
 // XTransformer keeps its halves in two ParamStores, so it has two maps: the
 // encoder's ("encoder." + the wrapper names) ignores the decoder's tensors

@@ -138,8 +138,12 @@ TEST(XStateDictTest, WrapperOptionsAndPositionBiases) {
   rotary.dim_head = 32;
   auto rotary_map = XTransformersStateDictMap(rotary);
   ASSERT_TRUE(rotary_map.ok()) << rotary_map.status();
-  EXPECT_EQ(rotary_map->ignored,
-            std::vector<std::string>{"attn_layers.rotary_pos_emb.inv_freq"});
+  EXPECT_TRUE(rotary_map->ignored.empty());
+  ASSERT_EQ(rotary_map->fixed.size(), 1u);
+  EXPECT_EQ(rotary_map->fixed[0].reference,
+            "attn_layers.rotary_pos_emb.inv_freq");
+  // 0.26.6's rotary width max(dim_head / 2, 32) = 32: 16 frequencies.
+  EXPECT_EQ(rotary_map->fixed[0].shape, std::vector<int64_t>{16});
 }
 
 TEST(XStateDictTest, XTransformerMapsIgnoreTheOtherHalf) {

@@ -55,6 +55,8 @@ class BertParityTest : public ::testing::Test {
     ASSERT_TRUE(store.ok()) << store.status();
     absl::Status status = LoadFixtureParams(*fixture, *map, *store);
     ASSERT_TRUE(status.ok()) << status;
+    ExpectExportMatchesStateDict(*fixture, *map, *store,
+                                 BertReferenceShapes(*config).value());
 
     const Tensor expected_hidden = fixture->Float("output.last_hidden_state");
     const Shape shape = expected_hidden.shape();

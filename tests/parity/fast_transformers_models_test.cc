@@ -45,6 +45,8 @@ class FastTransformersModelsTest : public ::testing::Test {
     const absl::Status status =
         LoadFixtureParams(fixture, FastTransformersMap(shapes), *owned);
     EXPECT_TRUE(status.ok()) << status;
+    ExpectExportMatchesStateDict(fixture, FastTransformersMap(shapes), *owned,
+                                 {});
     return owned;
   }
 

@@ -47,6 +47,8 @@ class TorchNnTest : public ::testing::Test {
     ASSERT_TRUE(store.ok()) << store.status();
     absl::Status status = LoadFixtureParams(*fixture, *map, *store);
     ASSERT_TRUE(status.ok()) << status;
+    ExpectExportMatchesStateDict(
+        *fixture, *map, *store, TorchNnEncoderShapes(builder.Config()).value());
 
     const Tensor x = fixture->Float("input.x");
     const Shape shape = x.shape();

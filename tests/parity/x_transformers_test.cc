@@ -112,6 +112,8 @@ TEST_P(TransformerWrapperParityTest, LogitsAndGradientsMatch) {
   ASSERT_TRUE(map.ok()) << map.status();
   ASSERT_TRUE(LoadFixtureParams(*fixture, *map, *store).ok())
       << LoadFixtureParams(*fixture, *map, *store);
+  ExpectExportMatchesStateDict(*fixture, *map, *store,
+                               XTransformersReferenceShapes(*config).value());
 
   const Tensor expected = fixture->Float("output.logits");  // [B, T, V]
   const Shape& shape = expected.shape();
@@ -200,6 +202,8 @@ TEST_P(XlMemoryParityTest, SegmentsMemoriesAndGradientsMatch) {
   absl::StatusOr<StateDictMap> map = XTransformersStateDictMap(*config);
   ASSERT_TRUE(map.ok()) << map.status();
   ASSERT_TRUE(LoadFixtureParams(*fixture, *map, *store).ok());
+  ExpectExportMatchesStateDict(*fixture, *map, *store,
+                               XTransformersReferenceShapes(*config).value());
 
   std::vector<Tensor> mems;
   const int64_t segments = fixture->MetaInt("segments");
@@ -348,6 +352,7 @@ TEST(ViTParityTest, LogitsAndGradientsMatch) {
   ASSERT_TRUE(map.ok()) << map.status();
   ASSERT_TRUE(LoadFixtureParams(*fixture, *map, *store).ok())
       << LoadFixtureParams(*fixture, *map, *store);
+  ExpectExportMatchesStateDict(*fixture, *map, *store, {});
   const Tensor images = fixture->Float("input.images");     // [B, 3, 8, 8]
   const Tensor expected = fixture->Float("output.logits");  // [B, 5]
   Tensor logits = Tensor::Create(DType::kF32, expected.shape()).value();
