@@ -48,6 +48,8 @@ class ConditionalFullAttention : public Attention {
   bool SupportsHeadBias() const override { return other_->SupportsHeadBias(); }
   const ConditionalFullAttentionOptions& options() const { return options_; }
   Attention& other() { return *other_; }
+  // The exact branch (fast-transformers' "full_attention" submodule).
+  FullAttention& full() { return full_; }
 
   // True when inputs of L queries and S keys go to the other mechanism.
   bool UsesOther(int64_t queries, int64_t keys) const {

@@ -332,6 +332,45 @@ TEST_F(FtModelEventsTest, EncoderDispatchesQkvAttentionAndOutputsInOrder) {
   EXPECT_TRUE(AllNear(y, y_quiet, {.abs = 0, .rel = 0}));
 }
 
+TEST_F(FtModelEventsTest, ConditionalFullDispatchesFromItsFullBranchOnly) {
+  // fast-transformers' ConditionalFullAttention holds a FullAttention
+  // submodule "full_attention": it dispatches when that branch runs (L, S <=
+  // length_limit) and the other mechanism ("linear") dispatches nothing.
+  TransformerEncoderBuilder builder(registry_);
+  ASSERT_TRUE(builder
+                  .FromDictionary(R"({"n_layers": 1, "n_heads": 2,
+                      "query_dimensions": 3, "value_dimensions": 3,
+                      "feed_forward_dimensions": 5, "dropout": 0.0,
+                      "attention_dropout": 0.0, "seed": 4,
+                      "attention_type": "conditional-full:linear",
+                      "length_limit": 4,
+                      "event_dispatcher": "ft_events_test_conditional"})")
+                  .ok());
+  auto encoder = builder.Get();
+  ASSERT_TRUE(encoder.ok()) << encoder.status();
+  std::unique_ptr<ParamStore> store = MakeStore(**encoder);
+  FtEventDispatcher& events =
+      *FtEventDispatcher::Get("ft_events_test_conditional");
+  for (const int64_t L : {4, 5}) {
+    std::vector<float> x = RandomUniformVector<float>(2 * L * 6, 8);
+    std::vector<float> y(x.size());
+    Recorder recorder(events, FtEventKind::kAttention);
+    ASSERT_TRUE((*encoder)
+                    ->Forward(*ctx_, *store,
+                              TensorView<const float>(x.data(), {2, L, 6}), {},
+                              TensorView<float>(y.data(), {2, L, 6}), false)
+                    .ok());
+    if (L == 4) {
+      ASSERT_EQ(recorder.events.size(), 1u);
+      EXPECT_EQ(recorder.events[0].source,
+                "layers.0.attention.inner_attention.full_attention");
+      EXPECT_EQ(recorder.events[0].tensors[0].shape, (Shape{2, 2, L, L}));
+    } else {
+      EXPECT_TRUE(recorder.events.empty());
+    }
+  }
+}
+
 TEST_F(FtModelEventsTest, ModelsUseTheDefaultDispatcherUnlessTold) {
   FtTransformerConfig config;
   config.n_layers = 1;

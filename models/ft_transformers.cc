@@ -9,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "attention/attention_layer.h"
 #include "attention/builder.h"
+#include "attention/conditional_full.h"
 #include "attention/full.h"
 #include "attention/recurrent_cross.h"
 #include "kernels/base/rng.h"
@@ -179,8 +180,9 @@ class FtStack {
     std::unique_ptr<RecurrentAttention> recurrent;
     std::unique_ptr<RecurrentCrossAttention> recurrent_cross;
     // Event sources: the attention layer ("layers.{i}.attention") and its
-    // mechanism ("layers.{i}.attention.inner_attention"), and the "full"
-    // mechanisms that dispatch attention events (null for other types).
+    // mechanism ("layers.{i}.attention.inner_attention", with
+    // ".full_attention" for "conditional-full"), and the "full" mechanisms
+    // that dispatch attention events (null for other types).
     std::string layer_name, inner_name;
     FullAttention* full = nullptr;
     RecurrentFullAttention* recurrent_full = nullptr;
@@ -323,6 +325,12 @@ absl::StatusOr<std::unique_ptr<FtStack>> FtStack::Create(
       FTX_ASSIGN_OR_RETURN(sub.attention,
                            AttentionLayer::Create(attention, std::move(inner)));
       sub.full = dynamic_cast<FullAttention*>(&sub.attention->inner());
+      if (auto* conditional = dynamic_cast<ConditionalFullAttention*>(
+              &sub.attention->inner())) {
+        // Its exact branch dispatches, as fast-transformers' submodule.
+        sub.full = &conditional->full();
+        sub.inner_name += ".full_attention";
+      }
       sub.recurrent_full =
           dynamic_cast<RecurrentFullAttention*>(sub.recurrent.get());
       sub.recurrent_cross_full =
