@@ -63,6 +63,27 @@ class TransformerTest : public ::testing::Test {
     ASSERT_TRUE(model_->InitParams(*ctx_, *store_).ok());
   }
 
+  // A TinyConfig changed by `mutate` must be rejected with InvalidArgument
+  // naming "TransformerConfig.<field>".
+  struct RejectedCase {
+    const char* field;
+    void (*mutate)(TransformerConfig&);
+  };
+  template <size_t N>
+  void ExpectRejected(const RejectedCase (&cases)[N]) {
+    for (const RejectedCase& c : cases) {
+      TransformerConfig config = TinyConfig();
+      c.mutate(config);
+      auto model = TransformerWrapper::Create(config, registry_);
+      ASSERT_FALSE(model.ok()) << c.field;
+      EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_NE(std::string(model.status().message())
+                    .find(std::string("TransformerConfig.") + c.field),
+                std::string::npos)
+          << model.status();
+    }
+  }
+
   // Forward of `tokens` [B, T]; returns logits (or embeddings) flattened.
   std::vector<float> Run(const std::vector<int32_t>& tokens, int64_t batch,
                          TransformerInputs inputs = {},
@@ -572,11 +593,7 @@ TEST_F(TransformerTest, IntrospectionHiddensAndAttentionMaps) {
 }
 
 TEST_F(TransformerTest, BadConfigsNameTheField) {
-  struct Case {
-    const char* field;
-    void (*mutate)(TransformerConfig&);
-  };
-  const Case cases[] = {
+  const RejectedCase cases[] = {
       {"dim", [](TransformerConfig& c) { c.dim = 0; }},
       {"depth", [](TransformerConfig& c) { c.depth = 0; }},
       {"heads", [](TransformerConfig& c) { c.heads = 0; }},
@@ -628,17 +645,7 @@ TEST_F(TransformerTest, BadConfigsNameTheField) {
          c.attention_options.clear();
        }},
   };
-  for (const Case& c : cases) {
-    TransformerConfig config = TinyConfig();
-    c.mutate(config);
-    auto model = TransformerWrapper::Create(config, registry_);
-    ASSERT_FALSE(model.ok()) << c.field;
-    EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(std::string(model.status().message())
-                  .find(std::string("TransformerConfig.") + c.field),
-              std::string::npos)
-        << model.status();
-  }
+  ExpectRejected(cases);
   TransformerConfig config = TinyConfig();
   config.attention = "no-such-attention";
   EXPECT_EQ(TransformerWrapper::Create(config, registry_).status().code(),
@@ -1138,11 +1145,7 @@ TEST_F(TransformerTest, GradientsScaledResidualPostNormDecoder) {
 }
 
 TEST_F(TransformerTest, BadX026OptionsNameTheField) {
-  struct Case {
-    const char* field;
-    void (*mutate)(TransformerConfig&);
-  };
-  const Case cases[] = {
+  const RejectedCase cases[] = {
       {"attn_talking_heads",
        [](TransformerConfig& c) {
          c.attn_talking_heads = true;
@@ -1179,17 +1182,7 @@ TEST_F(TransformerTest, BadX026OptionsNameTheField) {
          c.attn_talking_heads = true;
        }},
   };
-  for (const Case& c : cases) {
-    TransformerConfig config = TinyConfig();
-    c.mutate(config);
-    auto model = TransformerWrapper::Create(config, registry_);
-    ASSERT_FALSE(model.ok()) << c.field;
-    EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(model.status().message().find(std::string("TransformerConfig.") +
-                                            c.field),
-              std::string::npos)
-        << model.status();
-  }
+  ExpectRejected(cases);
 }
 
 TEST_F(TransformerTest, JsonReadsTheX026Options) {
@@ -1408,11 +1401,7 @@ TEST_F(TransformerTest, GradientsQkNormGroupsAndDimScale) {
 }
 
 TEST_F(TransformerTest, BadLaterOptionsNameTheField) {
-  struct Case {
-    const char* field;
-    void (*mutate)(TransformerConfig&);
-  };
-  const Case cases[] = {
+  const RejectedCase cases[] = {
       {"resi_dual", [](TransformerConfig& c) { c.resi_dual = true; }},
       {"resi_dual_scale",
        [](TransformerConfig& c) {
@@ -1437,17 +1426,7 @@ TEST_F(TransformerTest, BadLaterOptionsNameTheField) {
          c.attn_qk_norm_scale = 0;
        }},
   };
-  for (const Case& c : cases) {
-    TransformerConfig config = TinyConfig();
-    c.mutate(config);
-    auto model = TransformerWrapper::Create(config, registry_);
-    ASSERT_FALSE(model.ok()) << c.field;
-    EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(model.status().message().find(std::string("TransformerConfig.") +
-                                            c.field),
-              std::string::npos)
-        << model.status();
-  }
+  ExpectRejected(cases);
   auto config = TransformerConfigFromJson(R"({
       "resi_dual": true, "resi_dual_scale": 0.5, "attn_qk_norm": true,
       "attn_qk_norm_groups": 2, "attn_qk_norm_scale": 3.5,
@@ -1692,11 +1671,7 @@ TEST_F(TransformerTest, GradientsForgetfulMaskTraining) {
 }
 
 TEST_F(TransformerTest, BadStackExtraOptionsNameTheField) {
-  struct Case {
-    const char* field;
-    void (*mutate)(TransformerConfig&);
-  };
-  const Case cases[] = {
+  const RejectedCase cases[] = {
       {"dynamic_pos_bias",
        [](TransformerConfig& c) {
          c.dynamic_pos_bias = true;
@@ -1742,17 +1717,7 @@ TEST_F(TransformerTest, BadStackExtraOptionsNameTheField) {
          c.residual_attn = true;
        }},
   };
-  for (const Case& c : cases) {
-    TransformerConfig config = TinyConfig();
-    c.mutate(config);
-    auto model = TransformerWrapper::Create(config, registry_);
-    ASSERT_FALSE(model.ok()) << c.field;
-    EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(model.status().message().find(std::string("TransformerConfig.") +
-                                            c.field),
-              std::string::npos)
-        << model.status();
-  }
+  ExpectRejected(cases);
   TransformerConfig config = TinyConfig();
   config.dynamic_pos_bias = true;
   config.causal = true;
