@@ -38,8 +38,10 @@ void TopK(const float* scores, int64_t n, int64_t k,
 }
 
 ProductKeyMemoryParams AsConst(const ProductKeyMemoryGrads& views) {
-  return {views.to_queries, views.norm_weight,  views.norm_bias,  views.keys,
-          views.values,     views.running_mean, views.running_var};
+  return {views.to_queries,  views.norm_weight,
+          views.norm_bias,   views.keys,
+          views.values,      views.running_mean,
+          views.running_var, views.num_batches_tracked};
 }
 
 constexpr double kBatchNormEps = 1e-5;  // torch.nn.BatchNorm1d's defaults
@@ -81,8 +83,9 @@ std::vector<ParamShape> ProductKeyMemory::ParamShapes() const {
   shapes.push_back({"keys", {H, K, 2, d}});
   shapes.push_back({"values.weight", {K * K, config_.dim}});
   if (config_.query_norm == PkmQueryNorm::kBatchNormRunning) {
-    shapes.push_back({"norm.fn.running_mean", {width}});
-    shapes.push_back({"norm.fn.running_var", {width}});
+    shapes.push_back({"norm.fn.running_mean", {width}, /*trainable=*/false});
+    shapes.push_back({"norm.fn.running_var", {width}, /*trainable=*/false});
+    shapes.push_back({"norm.fn.num_batches_tracked", {1}, /*trainable=*/false});
   }
   return shapes;
 }
@@ -91,18 +94,21 @@ absl::Status ProductKeyMemory::CheckParams(
     absl::string_view prefix, const ProductKeyMemoryParams& params) const {
   const std::vector<ParamShape> shapes = ParamShapes();
   const TensorView<const float> views[] = {
-      params.to_queries, params.norm_weight,  params.norm_bias,  params.keys,
-      params.values,     params.running_mean, params.running_var};
+      params.to_queries,  params.norm_weight,
+      params.norm_bias,   params.keys,
+      params.values,      params.running_mean,
+      params.running_var, params.num_batches_tracked};
+  constexpr size_t kViews = sizeof(views) / sizeof(views[0]);
   for (size_t i = 0; i < shapes.size(); ++i) {
     FTX_RETURN_IF_ERROR(CheckParam(absl::StrCat(prefix, shapes[i].name),
                                    views[i], shapes[i].shape));
   }
-  for (size_t i = shapes.size(); i < 7; ++i) {
+  for (size_t i = shapes.size(); i < kViews; ++i) {
     if (!IsAbsent(views[i])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(kOp,
-                       ": running statistics are given but the query norm is a "
-                       "LayerNorm"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          kOp,
+          ": batch-norm buffers (running statistics, num_batches_tracked) are "
+          "given but the query norm is a LayerNorm"));
     }
   }
   return absl::OkStatus();
@@ -127,6 +133,7 @@ absl::Status ProductKeyMemory::InitParams(
     std::fill_n(params.norm_bias.data(), width, 0.0f);
     std::fill_n(params.running_mean.data(), width, 0.0f);
     std::fill_n(params.running_var.data(), width, 1.0f);
+    params.num_batches_tracked.data()[0] = 0.0f;
     return absl::OkStatus();
   }
   return norm_.InitParams(params.norm_weight, params.norm_bias);
@@ -209,12 +216,15 @@ absl::Status ProductKeyMemory::Forward(
                                    training.running_mean, Shape({width})));
     FTX_RETURN_IF_ERROR(CheckParam("training.running_var", training.running_var,
                                    Shape({width})));
+    FTX_RETURN_IF_ERROR(CheckParam("training.num_batches_tracked",
+                                   training.num_batches_tracked, Shape({1})));
   } else if (!IsAbsent(training.running_mean) ||
-             !IsAbsent(training.running_var)) {
+             !IsAbsent(training.running_var) ||
+             !IsAbsent(training.num_batches_tracked)) {
     return absl::InvalidArgumentError(absl::StrCat(
         kOp,
-        ": training.running_mean / running_var are only updated in "
-        "training mode with the batch-norm query norm"));
+        ": training.running_mean / running_var / num_batches_tracked are only "
+        "updated in training mode with the batch-norm query norm"));
   }
   ProductKeyMemoryCache& saved = cache != nullptr ? *cache : inference_cache_;
   const int64_t H = config_.heads, K = config_.num_keys, k = config_.topk;
@@ -230,6 +240,7 @@ absl::Status ProductKeyMemory::Forward(
         saved.normalised.view<float>().Reshape({R * 2 * H, Dh}), &saved.norm));
   } else {
     NormaliseBatchNorm(params, training, R, width, saved);
+    if (training.training) training.num_batches_tracked.data()[0] += 1.0f;
   }
   saved.half_index.assign(R * H * 2 * k, 0);
   saved.chosen.assign(R * H * k, 0);
@@ -330,9 +341,10 @@ absl::Status ProductKeyMemory::Backward(const Context& ctx,
         absl::StrCat(kOp, ": only CPU contexts are supported"));
   }
   FTX_RETURN_IF_ERROR(CheckParams("", params));
-  FTX_RETURN_IF_ERROR(CheckParams(
-      "d_", {grads.to_queries, grads.norm_weight, grads.norm_bias, grads.keys,
-             grads.values, params.running_mean, params.running_var}));
+  FTX_RETURN_IF_ERROR(
+      CheckParams("d_", {grads.to_queries, grads.norm_weight, grads.norm_bias,
+                         grads.keys, grads.values, params.running_mean,
+                         params.running_var, params.num_batches_tracked}));
   if (x.rank() != 3 || x.dim(2) != config_.dim) {
     return absl::InvalidArgumentError(absl::StrCat(kOp, ": x must be [B, T, ",
                                                    config_.dim, "], got ",

@@ -36,10 +36,14 @@
 // [H, K, 2, d], "values.weight" [K^2, C]. Initialisation: keys ~ N(0, 1/d) and
 // values ~ N(0, 1/C) (the package's init_ over the last axis), to_queries as
 // torch.nn.Linear, norm gains 1, biases 0, running mean 0 and variance 1.
-// BatchNorm1d's step counter num_batches_tracked (an int64 buffer, unused with
-// momentum 0.1) is not kept. Not supported: 0.1.10's input_mask; 0.3.0's
-// options that are off by default (use_layernorm = False, pre_layernorm,
-// differentiable_topk, concat_values_and_combine, norm_output,
+// Buffers (ParamShape::trainable false; no gradient, never optimised) of
+// kBatchNormRunning: "norm.fn.running_mean", "norm.fn.running_var" [2 H d] and
+// BatchNorm1d's step counter "norm.fn.num_batches_tracked", an int64 scalar in
+// torch kept as a float [1] here: initialised to 0 and incremented by 1 by
+// every training-mode Forward, as torch does (it only feeds torch's momentum
+// when momentum is None; PKM's is 0.1). Not supported: 0.1.10's input_mask;
+// 0.3.0's options that are off by default (use_layernorm = False,
+// pre_layernorm, differentiable_topk, concat_values_and_combine, norm_output,
 // non_competitive_gates, gumbel noise, mem_trainable_mask). Dropouts are 0.
 //
 // Training-mode backward differentiates through the batch statistics:
@@ -49,7 +53,7 @@
 // lower index (torch leaves the order of ties unspecified).
 // Forward and Backward reuse buffers held by the object: one call at a time.
 // Gradient convention: d_x written (=); parameter gradients accumulated (+=);
-// the running statistics get none.
+// the buffers get none (Backward ignores the buffer views of its grads).
 // CPU only (a CUDA context is Unimplemented).
 #ifndef FTX_LAYERS_PRODUCT_KEY_MEMORY_H_
 #define FTX_LAYERS_PRODUCT_KEY_MEMORY_H_
@@ -83,30 +87,33 @@ struct ProductKeyMemoryConfig {
 };
 
 // Norm shapes: [d] for kLayerNorm, [2 H d] for kBatchNormRunning. The
-// running statistics exist for kBatchNormRunning only (empty views
-// otherwise) and are never written by Backward.
+// buffers (running statistics and step counter) exist for kBatchNormRunning
+// only (empty views otherwise) and are never written by Backward.
 template <typename T>
 struct ProductKeyMemoryTensors {
-  TensorView<T> to_queries;    // [2 H d, C]
-  TensorView<T> norm_weight;   // [d] or [2 H d]
-  TensorView<T> norm_bias;     // [d] or [2 H d]
-  TensorView<T> keys;          // [H, K, 2, d]
-  TensorView<T> values;        // [K^2, C]
-  TensorView<T> running_mean;  // [2 H d], kBatchNormRunning
-  TensorView<T> running_var;   // [2 H d], kBatchNormRunning
+  TensorView<T> to_queries;           // [2 H d, C]
+  TensorView<T> norm_weight;          // [d] or [2 H d]
+  TensorView<T> norm_bias;            // [d] or [2 H d]
+  TensorView<T> keys;                 // [H, K, 2, d]
+  TensorView<T> values;               // [K^2, C]
+  TensorView<T> running_mean;         // [2 H d], kBatchNormRunning
+  TensorView<T> running_var;          // [2 H d], kBatchNormRunning
+  TensorView<T> num_batches_tracked;  // [1], kBatchNormRunning
 };
 using ProductKeyMemoryParams = ProductKeyMemoryTensors<const float>;
 using ProductKeyMemoryGrads = ProductKeyMemoryTensors<float>;
 
 // Training mode of Forward. For kBatchNormRunning the queries are
-// normalised with the batch statistics and running_mean / running_var
-// (the tensors of params.running_mean / running_var, [2 H d]) are updated in
-// place; they must be given. kLayerNorm computes the same in both modes
-// (dropouts are 0) and takes no running statistics.
+// normalised with the batch statistics, running_mean / running_var (the
+// tensors of params.running_mean / running_var, [2 H d]) are updated in place
+// and num_batches_tracked (params.num_batches_tracked's tensor, [1]) grows by
+// 1; all three must be given. kLayerNorm computes the same in both modes
+// (dropouts are 0) and takes no buffers.
 struct ProductKeyMemoryTraining {
   bool training = false;
-  TensorView<float> running_mean;  // [2 H d], kBatchNormRunning
-  TensorView<float> running_var;   // [2 H d], kBatchNormRunning
+  TensorView<float> running_mean;         // [2 H d], kBatchNormRunning
+  TensorView<float> running_var;          // [2 H d], kBatchNormRunning
+  TensorView<float> num_batches_tracked;  // [1], kBatchNormRunning
 };
 
 // What Forward keeps for Backward (R = B * T rows).
@@ -131,8 +138,9 @@ class ProductKeyMemory {
 
   const ProductKeyMemoryConfig& config() const { return config_; }
 
-  // to_queries.weight, the norm's parameters and buffers (see above), keys,
-  // values.weight; in the order of ProductKeyMemoryTensors.
+  // to_queries.weight, the norm's weight and bias, keys, values.weight, then
+  // the buffers (trainable false; see above); in the order of
+  // ProductKeyMemoryTensors.
   std::vector<ParamShape> ParamShapes() const;
 
   // The package's initialisation from `seed` (Philox streams 0: to_queries,
@@ -142,8 +150,7 @@ class ProductKeyMemory {
 
   // x, y: [B, T, C] (y must not overlap x). cache may be null at inference.
   // Training mode with kBatchNormRunning needs B T >= 2 (torch: more than 1
-  // value per channel) and the running statistics to update; InvalidArgument
-  // otherwise.
+  // value per channel) and the buffers to update; InvalidArgument otherwise.
   absl::Status Forward(const Context& ctx, const ProductKeyMemoryParams& params,
                        TensorView<const float> x, TensorView<float> y,
                        ProductKeyMemoryCache* cache,

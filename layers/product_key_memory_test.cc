@@ -1,9 +1,9 @@
 // ProductKeyMemory: forward against a double reference of lucidrains
 // product-key-memory 0.3.0 PKM (LayerNorm queries, two sub-key top-k, top-k of
 // the k^2 sums, softmax, EmbeddingBag sum) and of 0.1.10's BatchNorm1d
-// queries in eval and training mode (batch statistics, running update),
-// central-difference gradients of x and of every parameter, initialisation,
-// bad arguments.
+// queries in eval and training mode (batch statistics, running update, step
+// counter), central-difference gradients of x and of every parameter,
+// initialisation, bad arguments.
 #include "layers/product_key_memory.h"
 
 #include <algorithm>
@@ -117,6 +117,7 @@ std::vector<double> Reference(const Weights& w, const std::vector<double>& x,
 struct Floats {
   std::vector<float> to_queries, norm_weight, norm_bias, keys, values;
   std::vector<float> running_mean, running_var;
+  std::vector<float> num_batches_tracked;  // {0} with the running statistics
   explicit Floats(const Weights& w)
       : to_queries(w.to_queries.begin(), w.to_queries.end()),
         norm_weight(w.norm_weight.begin(), w.norm_weight.end()),
@@ -124,7 +125,8 @@ struct Floats {
         keys(w.keys.begin(), w.keys.end()),
         values(w.values.begin(), w.values.end()),
         running_mean(w.running_mean.begin(), w.running_mean.end()),
-        running_var(w.running_var.begin(), w.running_var.end()) {}
+        running_var(w.running_var.begin(), w.running_var.end()),
+        num_batches_tracked(w.running_mean.empty() ? 0 : 1, 0.0f) {}
   ProductKeyMemoryGrads Views() {
     const int64_t norm = static_cast<int64_t>(norm_weight.size());
     auto optional = [](std::vector<float>& v) {
@@ -138,7 +140,8 @@ struct Floats {
             TensorView<float>(keys.data(), {kH, kK, 2, kDh}),
             TensorView<float>(values.data(), {kK * kK, kC}),
             optional(running_mean),
-            optional(running_var)};
+            optional(running_var),
+            optional(num_batches_tracked)};
   }
 };
 
@@ -167,8 +170,8 @@ void ExpectRunningUpdate(const Weights& w, const std::vector<double>& x,
 }
 
 ProductKeyMemoryParams AsParams(const ProductKeyMemoryGrads& g) {
-  return {g.to_queries, g.norm_weight,  g.norm_bias,  g.keys,
-          g.values,     g.running_mean, g.running_var};
+  return {g.to_queries, g.norm_weight,  g.norm_bias,   g.keys,
+          g.values,     g.running_mean, g.running_var, g.num_batches_tracked};
 }
 
 void CheckForwardBackward(PkmQueryNorm query_norm, bool training = false) {
@@ -201,10 +204,13 @@ void CheckForwardBackward(PkmQueryNorm query_norm, bool training = false) {
   // below keep the values the reference reads.
   std::vector<float> running_mean = params.running_mean;
   std::vector<float> running_var = params.running_var;
+  std::vector<float> num_batches_tracked = params.num_batches_tracked;
   ProductKeyMemoryTraining mode{.training = training};
   if (training && batch_norm) {
     mode.running_mean = TensorView<float>(running_mean.data(), {norm});
     mode.running_var = TensorView<float>(running_var.data(), {norm});
+    mode.num_batches_tracked =
+        TensorView<float>(num_batches_tracked.data(), {1});
   }
   ASSERT_TRUE(pkm->Forward(*ctx, AsParams(params.Views()),
                            TensorView<const float>(x.data(), {kB, kT, kC}),
@@ -215,7 +221,10 @@ void CheckForwardBackward(PkmQueryNorm query_norm, bool training = false) {
   EXPECT_TRUE(testing::AllNear(y, Reference(w, x64, training), {1e-5, 1e-4}));
   if (training && batch_norm) {
     ExpectRunningUpdate(w, x64, running_mean, running_var);
+    EXPECT_EQ(num_batches_tracked, std::vector<float>{1.0f});
   }
+  EXPECT_EQ(params.num_batches_tracked,
+            std::vector<float>(batch_norm ? 1 : 0, 0.0f));
 
   const std::vector<float> d_y = testing::RandomUniformVector(y.size(), 7);
   std::vector<float> d_x(x.size());
@@ -226,6 +235,7 @@ void CheckForwardBackward(PkmQueryNorm query_norm, bool training = false) {
   Floats grads(zero);
   grads.running_mean = params.running_mean;  // read-only statistics
   grads.running_var = params.running_var;
+  grads.num_batches_tracked = params.num_batches_tracked;
   ASSERT_TRUE(pkm->Backward(*ctx, AsParams(params.Views()), cache,
                             TensorView<const float>(x.data(), {kB, kT, kC}),
                             TensorView<const float>(d_y.data(), {kB, kT, kC}),
@@ -293,6 +303,43 @@ TEST(ProductKeyMemoryTest, NamesAndInitialisation) {
   double sum_sq = 0;
   for (float v : params.values) sum_sq += v * v;
   EXPECT_NEAR(sum_sq / params.values.size(), 1.0 / kC, 0.5 / kC);
+  for (const ParamShape& shape : shapes) EXPECT_TRUE(shape.trainable);
+}
+
+TEST(ProductKeyMemoryTest, BatchNormBuffersAreNotTrainable) {
+  auto ctx = Context::Create({.num_threads = 1}).value();
+  auto pkm =
+      ProductKeyMemory::Create({.dim = kC,
+                                .heads = kH,
+                                .num_keys = kK,
+                                .topk = kTop,
+                                .key_dim = kDh,
+                                .query_norm = PkmQueryNorm::kBatchNormRunning});
+  ASSERT_TRUE(pkm.ok());
+  constexpr int64_t kWidth = 2 * kH * kDh;
+  const auto shapes = pkm->ParamShapes();
+  ASSERT_EQ(shapes.size(), 8u);
+  const char* const names[] = {
+      "to_queries.weight",   "norm.fn.weight",
+      "norm.fn.bias",        "keys",
+      "values.weight",       "norm.fn.running_mean",
+      "norm.fn.running_var", "norm.fn.num_batches_tracked"};
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    EXPECT_EQ(shapes[i].name, names[i]);
+    EXPECT_EQ(shapes[i].trainable, i < 5) << shapes[i].name;
+  }
+  EXPECT_EQ(shapes[7].shape, Shape({1}));
+  Weights w{
+      std::vector<double>(kWidth * kC),  std::vector<double>(kWidth),
+      std::vector<double>(kWidth),       std::vector<double>(kH * kK * 2 * kDh),
+      std::vector<double>(kK * kK * kC), std::vector<double>(kWidth, 2.0),
+      std::vector<double>(kWidth, 2.0)};
+  Floats params(w);
+  params.num_batches_tracked = {7.0f};
+  ASSERT_TRUE(pkm->InitParams(*ctx, 9, params.Views()).ok());
+  EXPECT_EQ(params.running_mean, std::vector<float>(kWidth, 0.0f));
+  EXPECT_EQ(params.running_var, std::vector<float>(kWidth, 1.0f));
+  EXPECT_EQ(params.num_batches_tracked, std::vector<float>{0.0f});
 }
 
 TEST(ProductKeyMemoryTest, BadArgumentsAreInvalidArgument) {
@@ -354,15 +401,29 @@ TEST(ProductKeyMemoryTest, BadTrainingArgumentsAreInvalidArgument) {
   auto status = run(kT, missing);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("training.running_mean"), std::string::npos);
-  std::vector<float> mean(kWidth), var(kWidth, 1.0f);
-  const ProductKeyMemoryTraining given{
+  std::vector<float> mean(kWidth), var(kWidth, 1.0f), counter(1);
+  ProductKeyMemoryTraining given{
       .training = true,
       .running_mean = TensorView<float>(mean.data(), {kWidth}),
       .running_var = TensorView<float>(var.data(), {kWidth})};
+  status = run(kT, given);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("training.num_batches_tracked"),
+            std::string::npos);
+  given.num_batches_tracked = TensorView<float>(counter.data(), {1});
   status = run(1, given);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(status.message().find("more than 1 row"), std::string::npos);
   EXPECT_TRUE(run(kT, given).ok());
+  EXPECT_EQ(counter, std::vector<float>{1.0f});
+  ProductKeyMemoryGrads no_counter = params.Views();
+  no_counter.num_batches_tracked = TensorView<float>();
+  status = pkm->Forward(*ctx, AsParams(no_counter),
+                        TensorView<const float>(x.data(), {1, kT, kC}),
+                        TensorView<float>(y.data(), {1, kT, kC}), nullptr);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("norm.fn.num_batches_tracked"),
+            std::string::npos);
   ProductKeyMemoryTraining eval_with_statistics = given;
   eval_with_statistics.training = false;
   EXPECT_EQ(run(kT, eval_with_statistics).code(),

@@ -354,8 +354,9 @@ class LatBranch final : public Block {
     const int64_t c = config_.dim;
     std::vector<ParamShape> shapes = {{NormName("weight"), {c}},
                                       {NormName("bias"), {c}}};
-    auto add = [&](const std::string& name, Shape shape) {
-      shapes.push_back({FnName(name), shape});
+    auto add = [&](const std::string& name, Shape shape,
+                   bool trainable = true) {
+      shapes.push_back({FnName(name), shape, trainable});
     };
     switch (kind_) {
       case Kind::kLinformer:
@@ -384,7 +385,7 @@ class LatBranch final : public Block {
       }
       case Kind::kProductKeyMemory:
         for (const ParamShape& shape : pkm_->ParamShapes()) {
-          add(shape.name, shape.shape);
+          add(shape.name, shape.shape, shape.trainable);
         }
         break;
     }
@@ -481,12 +482,14 @@ class LatBranch final : public Block {
       case Kind::kProductKeyMemory: {
         FTX_ASSIGN_OR_RETURN(ProductKeyMemoryGrads views, PkmViews(false));
         // Training mode normalises the queries with the batch statistics and
-        // updates the running ones in the store (LAT's module.train()).
+        // updates the running ones and the step counter in the store (LAT's
+        // module.train()).
         ProductKeyMemoryTraining mode;
         if (inputs_ != nullptr && inputs_->training) {
           mode = {.training = true,
                   .running_mean = views.running_mean,
-                  .running_var = views.running_var};
+                  .running_var = views.running_var,
+                  .num_batches_tracked = views.num_batches_tracked};
         }
         FTX_RETURN_IF_ERROR(pkm_->Forward(ctx, ConstViews(views), h, y,
                                           save ? &pkm_cache_ : nullptr, mode));
@@ -582,9 +585,9 @@ class LatBranch final : public Block {
 
   // The PKM's parameters (or their gradients) in ProductKeyMemory's
   // ParamShapes order. Its names ("norm.fn.weight", ...) are resolved under
-  // the branch's fn, never as the PreNorm's norm. The running statistics are
-  // buffers: their gradient views are the values (Backward does not write
-  // them).
+  // the branch's fn, never as the PreNorm's norm. The running statistics and
+  // the step counter are buffers: their gradient views are the values
+  // (Backward does not write them).
   absl::StatusOr<ProductKeyMemoryGrads> PkmViews(bool gradients) const {
     auto view = [&](const char* name, bool buffer) {
       const std::string full = prefix_ + FnSuffix(name);
@@ -598,11 +601,13 @@ class LatBranch final : public Block {
     FTX_ASSIGN_OR_RETURN(t.values, view("values.weight", false));
     FTX_ASSIGN_OR_RETURN(t.running_mean, view("norm.fn.running_mean", true));
     FTX_ASSIGN_OR_RETURN(t.running_var, view("norm.fn.running_var", true));
+    FTX_ASSIGN_OR_RETURN(t.num_batches_tracked,
+                         view("norm.fn.num_batches_tracked", true));
     return t;
   }
   static ProductKeyMemoryParams ConstViews(const ProductKeyMemoryGrads& v) {
-    return {v.to_queries, v.norm_weight,  v.norm_bias,  v.keys,
-            v.values,     v.running_mean, v.running_var};
+    return {v.to_queries, v.norm_weight,  v.norm_bias,   v.keys,
+            v.values,     v.running_mean, v.running_var, v.num_batches_tracked};
   }
 
   FeedForwardMode Mode() const {

@@ -82,10 +82,11 @@
 //     defaults (a LAT config setting pkm_num_keys still has 128 keys).
 //     Training mode (LatInputs.training, LAT's module.train()) normalises the
 //     PKM queries with the batch statistics of the B T' rows (padding
-//     included, as in LAT) and updates running_mean / running_var in the
-//     ParamStore in place (momentum 0.1, unbiased variance); eval mode uses
-//     them. Reversible stacks re-run the PKM branch in backward, which, as in
-//     LAT's reversible.py, updates the running statistics a second time.
+//     included, as in LAT), updates running_mean / running_var in the
+//     ParamStore in place (momentum 0.1, unbiased variance) and adds 1 to
+//     num_batches_tracked; eval mode uses them. Reversible stacks re-run the
+//     PKM branch in backward, which, as in LAT's reversible.py, updates the
+//     running statistics and the counter a second time.
 //
 // Local heads follow local-attention 1.4.4 (attention/local.h; the parity
 // fixtures pin it), which masks padded queries as well as padded keys.
@@ -107,14 +108,17 @@
 //     axial attention ([dim, dim] projections), the extra ".fn" FoldAxially
 //   transformer[.fn].layers.layers.{j}.1.fn[.fn].fn.w1.{weight,bias}, w2.*
 //   transformer[.fn].layers.layers.{j}.1.fn[.fn].to_queries.weight,
-//     norm.fn.{weight,bias,running_mean,running_var}, keys, values.weight
-//                                                        PKM layers
+//     norm.fn.{weight,bias}, keys, values.weight          PKM layers, and
+//     the buffers (ParamShape::trainable false) norm.fn.running_mean,
+//     norm.fn.running_var [2 H d] and norm.fn.num_batches_tracked [1]
+//     (torch's int64 scalar; models/lat_state_dict.h converts it)
 //   (reversible: layers.blocks.{j}.f.net.* and layers.blocks.{j}.g.net.*)
 //   norm.{weight,bias}, out.{weight,bias}
 // where j counts pairs (one to three per depth: main, axial, context) and the
 // extra ".fn" is PreShiftTokens. Linears use torch's U(+-1/sqrt(fan_in)) and
 // the Linformer projections U(+-1/sqrt(k)). The rotary tables (pos_emb.emb,
-// layer_pos_emb.emb) are buffers LAT saves; ftx recomputes them.
+// layer_pos_emb.emb) are buffers LAT saves; ftx recomputes them (the
+// state-dict map writes them on export).
 //
 // Gradient convention: Backward accumulates every parameter gradient into the
 // ParamStore (+=); the context gradient is written (=).

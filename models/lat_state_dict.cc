@@ -4,7 +4,6 @@
 #include <utility>
 
 #include "absl/strings/match.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "kernels/base/status_macros.h"
 
@@ -24,6 +23,11 @@ absl::StatusOr<LatConfig> ParseConfig(absl::string_view json) {
   return config;
 }
 
+// BatchNorm1d's num_batches_tracked of a PKM query norm.
+bool IsStepCounter(absl::string_view name) {
+  return absl::EndsWith(name, ".num_batches_tracked");
+}
+
 }  // namespace
 
 absl::StatusOr<StateDictMap> LatStateDictMap(const LatConfig& config) {
@@ -31,19 +35,15 @@ absl::StatusOr<StateDictMap> LatStateDictMap(const LatConfig& config) {
   StateDictMap map;
   map.library = kLatLibrary;
   for (const ParamShape& shape : shapes) {
-    map.rules.push_back({.reference = shape.name, .ftx = shape.name});
+    map.rules.push_back({.reference = shape.name,
+                         .ftx = shape.name,
+                         .int64 = IsStepCounter(shape.name)});
   }
   if (config.use_rotary_emb) {
-    map.ignored = {"pos_emb.emb", "layer_pos_emb.emb"};
-  }
-  // BatchNorm1d's step counter of every PKM query norm.
-  constexpr absl::string_view kRunningMean = "norm.fn.running_mean";
-  for (const ParamShape& shape : shapes) {
-    if (absl::EndsWith(shape.name, kRunningMean)) {
-      map.ignored.push_back(absl::StrCat(
-          shape.name.substr(0, shape.name.size() - kRunningMean.size()),
-          "norm.fn.num_batches_tracked"));
-    }
+    map.fixed.push_back(
+        FixedSinusoidTable("pos_emb.emb", config.max_seq_len, config.EmbDim()));
+    map.fixed.push_back(FixedSinusoidTable(
+        "layer_pos_emb.emb", config.max_seq_len, config.dim_head));
   }
   return map;
 }
@@ -54,6 +54,8 @@ absl::StatusOr<std::map<std::string, std::vector<int64_t>>> LatReferenceShapes(
   std::map<std::string, std::vector<int64_t>> reference;
   for (const ParamShape& shape : shapes) {
     std::vector<int64_t>& dims = reference[shape.name];
+    // torch's step counter is a 0-d tensor, ftx's a [1] buffer.
+    if (IsStepCounter(shape.name)) continue;
     for (int axis = 0; axis < shape.shape.rank(); ++axis) {
       dims.push_back(shape.shape.dim(axis));
     }

@@ -1,12 +1,19 @@
 // State-dict map of linear-attention-transformer 0.19.1's
 // LinearAttentionTransformerLM (models/state_dict_map.h). ftx's
-// LinearAttentionTransformerLM (models/lat.h) names its parameters with LAT's
-// own state_dict keys, so every rule is the identity; the rotary model's
-// fixed sinusoid tables (buffers pos_emb.emb [max_seq_len, emb_dim] and
-// layer_pos_emb.emb [max_seq_len, dim_head], which ftx recomputes) are
-// ignored on import and not written on export, as are the PKM query norms'
-// BatchNorm1d step counters (norm.fn.num_batches_tracked, int64, which ftx
-// does not keep: torch uses it only when momentum is None, and PKM's is 0.1).
+// LinearAttentionTransformerLM (models/lat.h) names its parameters and
+// buffers with LAT's own state_dict keys, so every rule is the identity, and
+// the map is complete both ways (an export loads into LAT with
+// load_state_dict(strict=True)):
+//   - PKM query norms (BatchNorm1d): running_mean / running_var are float
+//     buffers [2 H d] of the ParamStore; norm.fn.num_batches_tracked, torch's
+//     int64 0-d step counter, is a float buffer [1] in ftx, mapped by an
+//     int64 rule (read from any integer dtype, written as an I64 scalar);
+//   - the rotary model's FixedPositionalEmbedding tables, which ftx
+//     recomputes, are fixed tensors: pos_emb.emb [max_seq_len, emb_dim] and
+//     layer_pos_emb.emb [max_seq_len, dim_head] = [sin(t inv_freq) |
+//     cos(t inv_freq)] (FixedSinusoidTable), skipped on import and written
+//     on export.
+// Nothing is ignored.
 //
 // Example:
 //   FTX_ASSIGN_OR_RETURN(StateDictMap map, LatStateDictMap(config));
@@ -31,7 +38,8 @@ inline constexpr char kLatLibrary[] = "linear-attention-transformer";
 // The map for `config` (ValidateLatConfig's errors otherwise).
 absl::StatusOr<StateDictMap> LatStateDictMap(const LatConfig& config);
 
-// LAT's tensor shapes (equal to ftx's) for ExportStateDict.
+// LAT's tensor shapes for ExportStateDict: ftx's, except {} (a 0-d tensor)
+// for the num_batches_tracked counters.
 absl::StatusOr<std::map<std::string, std::vector<int64_t>>> LatReferenceShapes(
     const LatConfig& config);
 

@@ -153,8 +153,9 @@ class LatTest : public ::testing::Test {
       }
     };
     store_->ForEachParam([&](ParamSlot slot) {
-      // PKM BatchNorm running statistics are buffers without gradients.
-      if (slot.name.find("running_") != std::string::npos) return;
+      // PKM BatchNorm buffers (running statistics, step counter) get no
+      // gradient.
+      if (!slot.trainable) return;
       const int64_t n = slot.value.NumElements();
       const int64_t step = std::max<int64_t>(1, n / 6);
       for (int64_t i = 0; i < n; i += step) {
@@ -325,11 +326,20 @@ TEST_F(LatTest, PkmNamesAndEvalModeGradients) {
   const std::string pkm = "transformer.layers.layers.1.1.fn.fn.";
   for (const std::string& name :
        {pkm + "to_queries.weight", pkm + "norm.fn.weight", pkm + "norm.fn.bias",
-        pkm + "norm.fn.running_mean", pkm + "norm.fn.running_var", pkm + "keys",
-        pkm + "values.weight",
+        pkm + "keys", pkm + "values.weight",
         std::string("transformer.layers.layers.0.1.fn.fn.fn.w1.weight")}) {
     EXPECT_NE(std::find(names.begin(), names.end(), name), names.end()) << name;
   }
+  std::vector<std::string> buffers;
+  for (const ParamShape& shape : model_->ParamShapes()) {
+    if (!shape.trainable) buffers.push_back(shape.name);
+  }
+  EXPECT_EQ(buffers,
+            (std::vector<std::string>{pkm + "norm.fn.running_mean",
+                                      pkm + "norm.fn.running_var",
+                                      pkm + "norm.fn.num_batches_tracked"}));
+  EXPECT_EQ(store_->Value(pkm + "norm.fn.num_batches_tracked")->data()[0],
+            0.0f);
   EXPECT_EQ(std::find(names.begin(), names.end(),
                       "transformer.layers.layers.1.1.fn.fn.fn.w1.weight"),
             names.end());
@@ -354,15 +364,17 @@ TEST_F(LatTest, PkmReversibleGradients) {
 }
 
 // Training mode: the PKM query BatchNorm1d normalises with the batch
-// statistics (gradients through them) and updates its running statistics;
-// eval mode leaves them alone.
+// statistics (gradients through them) and updates its running statistics and
+// its step counter; eval mode leaves them alone.
 TEST_F(LatTest, PkmTrainingModeGradientsAndRunningUpdate) {
   Build(TinyPkmConfig());
-  const std::string running =
-      "transformer.layers.layers.1.1.fn.norm.fn.running_mean";
+  const std::string norm = "transformer.layers.layers.1.1.fn.norm.fn.";
   auto snapshot = [&]() {
-    const TensorView<float> view = store_->Value(running).value();
+    const TensorView<float> view = store_->Value(norm + "running_mean").value();
     return std::vector<float>(view.data(), view.data() + view.NumElements());
+  };
+  auto counter = [&]() {
+    return store_->Value(norm + "num_batches_tracked").value().data()[0];
   };
   const int64_t batch = 2, length = 4;
   const std::vector<int32_t> tokens = Tokens(batch * length, 12);
@@ -371,25 +383,31 @@ TEST_F(LatTest, PkmTrainingModeGradientsAndRunningUpdate) {
   const std::vector<float> initial = snapshot();
   const std::vector<float> eval = Run(inputs);
   EXPECT_EQ(snapshot(), initial);
+  EXPECT_EQ(counter(), 0.0f);
   inputs.training = true;
   EXPECT_NE(Run(inputs), eval);
   EXPECT_NE(snapshot(), initial);
+  EXPECT_EQ(counter(), 1.0f);
+  Run(inputs);
+  EXPECT_EQ(counter(), 2.0f);
   CheckGradients(inputs, nullptr);
 }
 
 // As in LAT's reversible.py, the reconstructing backward re-runs the PKM
 // branch in training mode, so its running statistics take a second update
 // with the same batch statistics: r2 = 0.9 r1 + 0.1 mean with
-// 0.1 mean = r1 - 0.9 r0.
+// 0.1 mean = r1 - 0.9 r0; num_batches_tracked goes 0 -> 1 -> 2.
 TEST_F(LatTest, PkmReversibleTrainingUpdatesRunningStatisticsTwice) {
   LatConfig config = TinyPkmConfig();
   config.reversible = true;
   Build(config);
-  const std::string running =
-      "transformer.layers.blocks.1.g.net.fn.norm.fn.running_mean";
+  const std::string norm = "transformer.layers.blocks.1.g.net.fn.norm.fn.";
   auto snapshot = [&]() {
-    const TensorView<float> view = store_->Value(running).value();
+    const TensorView<float> view = store_->Value(norm + "running_mean").value();
     return std::vector<float>(view.data(), view.data() + view.NumElements());
+  };
+  auto counter = [&]() {
+    return store_->Value(norm + "num_batches_tracked").value().data()[0];
   };
   const int64_t batch = 2, length = 4;
   const std::vector<int32_t> tokens = Tokens(batch * length, 13);
@@ -399,6 +417,7 @@ TEST_F(LatTest, PkmReversibleTrainingUpdatesRunningStatisticsTwice) {
            .training = true},
           /*save=*/true);
   const std::vector<float> r1 = snapshot();
+  EXPECT_EQ(counter(), 1.0f);
   const std::vector<float> d_out(out.size(), 0.1f);
   ASSERT_TRUE(
       model_
@@ -407,6 +426,7 @@ TEST_F(LatTest, PkmReversibleTrainingUpdatesRunningStatisticsTwice) {
                          d_out.data(), {batch, length, model_->OutputDim()}))
           .ok());
   const std::vector<float> r2 = snapshot();
+  EXPECT_EQ(counter(), 2.0f);
   for (size_t i = 0; i < r0.size(); ++i) {
     EXPECT_NEAR(r2[i], 0.9 * r1[i] + (r1[i] - 0.9 * r0[i]), 1e-5) << i;
   }
@@ -602,11 +622,35 @@ TEST_F(LatTest, Converter) {
   auto shapes = (*converter)->param_shapes(json);
   ASSERT_TRUE(shapes.ok());
   EXPECT_EQ(map->rules.size(), shapes->size());
-  EXPECT_EQ(map->ignored,
-            (std::vector<std::string>{"pos_emb.emb", "layer_pos_emb.emb"}));
+  EXPECT_TRUE(map->ignored.empty());
+  ASSERT_EQ(map->fixed.size(), 2u);
+  EXPECT_EQ(map->fixed[0].reference, "pos_emb.emb");
+  EXPECT_EQ(map->fixed[0].shape, (std::vector<int64_t>{16, 8}));
+  EXPECT_EQ(map->fixed[1].reference, "layer_pos_emb.emb");
+  EXPECT_EQ(map->fixed[1].shape, (std::vector<int64_t>{16, 4}));
   auto reference = (*converter)->reference_shapes(json);
   ASSERT_TRUE(reference.ok());
   EXPECT_EQ(reference->at("token_emb.weight"), (std::vector<int64_t>{7, 8}));
+  const std::string pkm_json =
+      R"({"num_tokens": 7, "dim": 8, "depth": 1, "max_seq_len": 16,
+          "heads": 2, "dim_head": 4, "pkm_layers": 1, "pkm_heads": 2,
+          "pkm_num_keys": 4, "pkm_topk": 2, "pkm_dim_head": 4})";
+  auto pkm_map = (*converter)->make_map(pkm_json);
+  ASSERT_TRUE(pkm_map.ok()) << pkm_map.status();
+  EXPECT_TRUE(pkm_map->fixed.empty());
+  const std::string counter =
+      "transformer.layers.layers.0.1.fn.norm.fn.num_batches_tracked";
+  int64_t integer_rules = 0;
+  for (const StateDictRule& rule : pkm_map->rules) {
+    if (rule.int64) {
+      ++integer_rules;
+      EXPECT_EQ(rule.reference, counter);
+    }
+  }
+  EXPECT_EQ(integer_rules, 1);
+  auto pkm_reference = (*converter)->reference_shapes(pkm_json);
+  ASSERT_TRUE(pkm_reference.ok());
+  EXPECT_EQ(pkm_reference->at(counter), std::vector<int64_t>{});
   EXPECT_EQ((*converter)->make_map(R"({"dim": 8})").status().code(),
             absl::StatusCode::kInvalidArgument);
 }

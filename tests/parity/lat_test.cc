@@ -11,7 +11,9 @@
 //   - LinearAttentionTransformerLM behind the Autopadder against
 //     models/lat.h, weights loaded through LatStateDictMap: output, every
 //     parameter gradient and the context gradient (make_lat.py's lm_* cases
-//     and make_lat_extra.py's attend_axially and context Linformer cases).
+//     and make_lat_extra.py's attend_axially and context Linformer cases),
+//     and the export through the same map against the fixture's complete
+//     state_dict (buffers included).
 // Where a padding mask is given the fixtures zero d_output on padded
 // positions, and only unpadded positions are compared: ftx and the fixtures
 // follow local-attention 1.4.4, which masks padded queries too, but versions
@@ -341,7 +343,14 @@ TEST_P(LatLmParity, OutputAndGradients) {
   ASSERT_TRUE(store.ok()) << store.status();
   auto map = LatStateDictMap(*config);
   ASSERT_TRUE(map.ok()) << map.status();
-  ASSERT_TRUE(LoadFixtureParams(*fixture, *map, *store).ok());
+  const absl::Status loaded = LoadFixtureParams(*fixture, *map, *store);
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  // The export is LAT's state_dict: the same keys (PKM num_batches_tracked as
+  // an int64 scalar, the rotary tables pos_emb.emb / layer_pos_emb.emb) and
+  // values, so it loads with load_state_dict(strict=True).
+  auto reference_shapes = LatReferenceShapes(*config);
+  ASSERT_TRUE(reference_shapes.ok()) << reference_shapes.status();
+  ExpectExportMatchesStateDict(*fixture, *map, *store, *reference_shapes);
 
   const std::vector<int64_t> tokens64 = fixture->Int("input.tokens");
   const Tensor expected_out = fixture->Float("output.out");
@@ -390,11 +399,11 @@ TEST_P(LatLmParity, OutputAndGradients) {
     Check(*grad, fixture->Float(name).view<float>(), kGradientTolerance, name);
     ++compared;
   }
-  // Every parameter has a gradient; PKM's BatchNorm running statistics are
-  // buffers (no grad.param entry).
+  // Every parameter has a gradient; PKM's BatchNorm running statistics and
+  // step counter are buffers (no grad.param entry).
   int64_t buffers = 0;
   store->ForEachParam([&](ParamSlot slot) {
-    if (slot.name.find(".running_") != std::string::npos) ++buffers;
+    if (!slot.trainable) ++buffers;
   });
   EXPECT_EQ(compared + buffers, store->NumTensors());
   if (IsGiven(inputs.context)) {

@@ -2,18 +2,24 @@
 // linear-attention-transformer 0.19.1 uses) with the fixture written by
 // tools/fixtures/make_pkm_train.py: PKM(dim=8, heads=2, num_keys=6, topk=3,
 // dim_head=8) in train() mode, as ProductKeyMemory with kBatchNormRunning,
-// key_dim 4 and training = true: the output (batch statistics), the running
-// statistics after the forward, and the gradients of x and of every parameter
-// through the batch statistics. BatchNorm1d's num_batches_tracked (0 -> 1) is
-// not kept by ftx (unused with momentum 0.1).
+// key_dim 4 and training = true: the output (batch statistics), the buffers
+// after the forward (running statistics and BatchNorm1d's num_batches_tracked,
+// 0 -> 1), and the gradients of x and of every parameter through the batch
+// statistics. The weights and buffers go through a ParamStore with PKM's
+// state_dict keys, and its export must equal the fixture's state_dict.
+#include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/base/context.h"
 #include "kernels/base/tensor.h"
 #include "layers/product_key_memory.h"
+#include "models/param_store.h"
+#include "models/state_dict_map.h"
 #include "tests/parity/fixture.h"
 
 namespace ftx::parity {
@@ -25,16 +31,43 @@ Tensor Zeros(const Shape& shape) {
   return Tensor::Create(DType::kF32, shape).value();
 }
 
-void Check(const Tensor& actual, const Tensor& expected, double tolerance,
-           const std::string& what) {
-  ExpectParity(actual.view<const float>(), expected.view<const float>(),
-               tolerance, what);
+void Check(TensorView<const float> actual, const Tensor& expected,
+           double tolerance, const std::string& what) {
+  ExpectParity(actual, expected.view<const float>(), tolerance, what);
   ::testing::Test::RecordProperty(
-      what, absl::StrCat(RelativeError(actual.view<const float>(),
-                                       expected.view<const float>())));
+      what, absl::StrCat(RelativeError(actual, expected.view<const float>())));
 }
 
-TEST(PkmTrainParityTest, BatchStatisticsRunningUpdateAndGradients) {
+// PKM's state_dict keys are ftx's names; num_batches_tracked is torch's
+// int64 0-d counter (a float [1] buffer in ftx).
+bool IsStepCounter(absl::string_view name) {
+  return absl::EndsWith(name, "num_batches_tracked");
+}
+
+StateDictMap PkmMap(const std::vector<ParamShape>& shapes) {
+  StateDictMap map{.library = "product-key-memory"};
+  for (const ParamShape& shape : shapes) {
+    map.rules.push_back({.reference = shape.name,
+                         .ftx = shape.name,
+                         .int64 = IsStepCounter(shape.name)});
+  }
+  return map;
+}
+
+std::map<std::string, std::vector<int64_t>> PkmReferenceShapes(
+    const std::vector<ParamShape>& shapes) {
+  std::map<std::string, std::vector<int64_t>> reference;
+  for (const ParamShape& shape : shapes) {
+    std::vector<int64_t>& dims = reference[shape.name];
+    if (IsStepCounter(shape.name)) continue;
+    for (int axis = 0; axis < shape.shape.rank(); ++axis) {
+      dims.push_back(shape.shape.dim(axis));
+    }
+  }
+  return reference;
+}
+
+TEST(PkmTrainParityTest, BatchStatisticsBufferUpdateAndGradients) {
   auto fixture = Fixture::Open(kFixture);
   ASSERT_TRUE(fixture.ok()) << fixture.status();
   auto ctx = Context::Create({.num_threads = 1}).value();
@@ -46,46 +79,60 @@ TEST(PkmTrainParityTest, BatchStatisticsRunningUpdateAndGradients) {
                                 .key_dim = 4,
                                 .query_norm = PkmQueryNorm::kBatchNormRunning});
   ASSERT_TRUE(pkm.ok()) << pkm.status();
-  const Tensor x = fixture->Float("input.x");
-  const char* const names[] = {
-      "to_queries.weight", "norm.fn.weight",       "norm.fn.bias",       "keys",
-      "values.weight",     "norm.fn.running_mean", "norm.fn.running_var"};
-  std::vector<Tensor> params, grads;
-  for (const char* name : names) {
-    params.push_back(fixture->Float(absl::StrCat("param.", name)));
-    grads.push_back(Zeros(params.back().shape()));
+  const std::vector<ParamShape> shapes = pkm->ParamShapes();
+  auto store = ParamStore::Create(shapes);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const StateDictMap map = PkmMap(shapes);
+  const absl::Status loaded = LoadFixtureParams(*fixture, map, *store);
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  ExpectExportMatchesStateDict(*fixture, map, *store,
+                               PkmReferenceShapes(shapes));
+
+  // Values (and gradients of the trainable ones) in ParamShapes order, the
+  // order of ProductKeyMemoryTensors.
+  std::vector<TensorView<float>> values, grads;
+  for (const ParamShape& shape : shapes) {
+    values.push_back(store->Value(shape.name).value());
+    grads.push_back(shape.trainable ? store->Grad(shape.name).value()
+                                    : values.back());
   }
-  const ProductKeyMemoryParams views{
-      params[0].view<const float>(), params[1].view<const float>(),
-      params[2].view<const float>(), params[3].view<const float>(),
-      params[4].view<const float>(), params[5].view<const float>(),
-      params[6].view<const float>()};
+  ASSERT_EQ(values.size(), 8u);
+  const ProductKeyMemoryParams params{values[0], values[1], values[2],
+                                      values[3], values[4], values[5],
+                                      values[6], values[7]};
+  const Tensor x = fixture->Float("input.x");
   Tensor y = Zeros(x.shape());
   ProductKeyMemoryCache cache;
-  ASSERT_TRUE(pkm->Forward(*ctx, views, x.view<const float>(), y.view<float>(),
+  ASSERT_TRUE(pkm->Forward(*ctx, params, x.view<const float>(), y.view<float>(),
                            &cache,
                            {.training = true,
-                            .running_mean = params[5].view<float>(),
-                            .running_var = params[6].view<float>()})
+                            .running_mean = values[5],
+                            .running_var = values[6],
+                            .num_batches_tracked = values[7]})
                   .ok());
-  Check(y, fixture->Float("output.out"), kForwardTolerance, "pkm output");
-  Check(params[5], fixture->Float("output.running_mean"), kForwardTolerance,
+  Check(y.view<const float>(), fixture->Float("output.out"), kForwardTolerance,
+        "pkm output");
+  Check(values[5], fixture->Float("output.running_mean"), kForwardTolerance,
         "pkm running_mean");
-  Check(params[6], fixture->Float("output.running_var"), kForwardTolerance,
+  Check(values[6], fixture->Float("output.running_var"), kForwardTolerance,
         "pkm running_var");
+  const std::vector<int64_t> steps = fixture->Int("output.num_batches_tracked");
+  ASSERT_EQ(steps.size(), 1u);
+  EXPECT_EQ(values[7].data()[0], static_cast<float>(steps[0]));
+
+  store->ZeroGrads();
   Tensor d_x = Zeros(x.shape());
-  const ProductKeyMemoryGrads grad_views{
-      grads[0].view<float>(), grads[1].view<float>(), grads[2].view<float>(),
-      grads[3].view<float>(), grads[4].view<float>(), params[5].view<float>(),
-      params[6].view<float>()};
-  ASSERT_TRUE(pkm->Backward(*ctx, views, cache, x.view<const float>(),
+  ASSERT_TRUE(pkm->Backward(*ctx, params, cache, x.view<const float>(),
                             fixture->Float("d_output").view<const float>(),
-                            d_x.view<float>(), grad_views)
+                            d_x.view<float>(),
+                            {grads[0], grads[1], grads[2], grads[3], grads[4],
+                             grads[5], grads[6], grads[7]})
                   .ok());
-  Check(d_x, fixture->Float("grad.input.x"), kGradientTolerance,
-        "pkm grad.input.x");
-  for (int i = 0; i < 5; ++i) {
-    const std::string name = absl::StrCat("grad.param.", names[i]);
+  Check(d_x.view<const float>(), fixture->Float("grad.input.x"),
+        kGradientTolerance, "pkm grad.input.x");
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    if (!shapes[i].trainable) continue;
+    const std::string name = absl::StrCat("grad.param.", shapes[i].name);
     Check(grads[i], fixture->Float(name), kGradientTolerance,
           absl::StrCat("pkm ", name));
   }

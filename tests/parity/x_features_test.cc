@@ -7,15 +7,20 @@
 //    forward and the gradients of x and of every parameter.
 //  - feature_pkm: PKM(dim=8, heads=2, num_keys=6, topk=3, dim_head=8) in eval
 //    mode (BatchNorm1d with running statistics) as ProductKeyMemory with
-//    kBatchNormRunning and key_dim 4.
+//    kBatchNormRunning and key_dim 4, its weights and buffers (running
+//    statistics, num_batches_tracked) in a ParamStore under PKM's state_dict
+//    keys, whose export must equal the fixture's state_dict.
 // x-transformers >= 1.0 features (qk-norm groups and scales, per-head value
 // gates, ResiDual, the forgetful mask) are not in the pinned venv; their unit
 // tests compare with double references.
+#include <cstdint>
+#include <map>
 #include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "attention/attention_on_attention.h"
 #include "attention/full.h"
@@ -27,6 +32,8 @@
 #include "kernels/linear/linear.h"
 #include "layers/normformer.h"
 #include "layers/product_key_memory.h"
+#include "models/param_store.h"
+#include "models/state_dict_map.h"
 #include "tests/parity/fixture.h"
 
 namespace ftx::parity {
@@ -200,6 +207,35 @@ TEST(XFeaturesParityTest, AttentionWithQkNormHeadScaleGateAndOnAttn) {
   }
 }
 
+// PKM's state_dict keys are ftx's names; num_batches_tracked is torch's
+// int64 0-d counter (a float [1] buffer in ftx).
+bool IsStepCounter(absl::string_view name) {
+  return absl::EndsWith(name, "num_batches_tracked");
+}
+
+StateDictMap PkmMap(const std::vector<ParamShape>& shapes) {
+  StateDictMap map{.library = "product-key-memory"};
+  for (const ParamShape& shape : shapes) {
+    map.rules.push_back({.reference = shape.name,
+                         .ftx = shape.name,
+                         .int64 = IsStepCounter(shape.name)});
+  }
+  return map;
+}
+
+std::map<std::string, std::vector<int64_t>> PkmReferenceShapes(
+    const std::vector<ParamShape>& shapes) {
+  std::map<std::string, std::vector<int64_t>> reference;
+  for (const ParamShape& shape : shapes) {
+    std::vector<int64_t>& dims = reference[shape.name];
+    if (IsStepCounter(shape.name)) continue;
+    for (int axis = 0; axis < shape.shape.rank(); ++axis) {
+      dims.push_back(shape.shape.dim(axis));
+    }
+  }
+  return reference;
+}
+
 TEST(XFeaturesParityTest, ProductKeyMemoryWithRunningBatchNorm) {
   auto fixture = Fixture::Open(kPkmFixture);
   ASSERT_TRUE(fixture.ok()) << fixture.status();
@@ -212,43 +248,53 @@ TEST(XFeaturesParityTest, ProductKeyMemoryWithRunningBatchNorm) {
                                 .key_dim = 4,
                                 .query_norm = PkmQueryNorm::kBatchNormRunning});
   ASSERT_TRUE(pkm.ok()) << pkm.status();
-  const Tensor x = fixture->Float("input.x");
-  const char* const names[] = {
-      "to_queries.weight", "norm.fn.weight",       "norm.fn.bias",       "keys",
-      "values.weight",     "norm.fn.running_mean", "norm.fn.running_var"};
-  std::vector<Tensor> params, grads;
-  for (const char* name : names) {
-    params.push_back(fixture->Float(absl::StrCat("param.", name)));
-    grads.push_back(Zeros(params.back().shape()));
+  const std::vector<ParamShape> shapes = pkm->ParamShapes();
+  auto store = ParamStore::Create(shapes);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const StateDictMap map = PkmMap(shapes);
+  const absl::Status loaded = LoadFixtureParams(*fixture, map, *store);
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  ExpectExportMatchesStateDict(*fixture, map, *store,
+                               PkmReferenceShapes(shapes));
+
+  // Values (and gradients of the trainable ones) in ParamShapes order, the
+  // order of ProductKeyMemoryTensors.
+  std::vector<TensorView<float>> values, grads;
+  for (const ParamShape& shape : shapes) {
+    values.push_back(store->Value(shape.name).value());
+    grads.push_back(shape.trainable ? store->Grad(shape.name).value()
+                                    : values.back());
   }
-  auto views = [](const std::vector<Tensor>& t) {
-    return ProductKeyMemoryParams{
-        t[0].view<const float>(), t[1].view<const float>(),
-        t[2].view<const float>(), t[3].view<const float>(),
-        t[4].view<const float>(), t[5].view<const float>(),
-        t[6].view<const float>()};
-  };
+  ASSERT_EQ(values.size(), 8u);
+  const ProductKeyMemoryParams params{values[0], values[1], values[2],
+                                      values[3], values[4], values[5],
+                                      values[6], values[7]};
+  const Tensor x = fixture->Float("input.x");
   Tensor y = Zeros(x.shape());
   ProductKeyMemoryCache cache;
-  ASSERT_TRUE(pkm->Forward(*ctx, views(params), x.view<const float>(),
-                           y.view<float>(), &cache)
-                  .ok());
+  ASSERT_TRUE(
+      pkm->Forward(*ctx, params, x.view<const float>(), y.view<float>(), &cache)
+          .ok());
   Check(y, fixture->Float("output.out"), kForwardTolerance, "pkm output");
+  store->ZeroGrads();
   Tensor d_x = Zeros(x.shape());
-  const ProductKeyMemoryGrads grad_views{
-      grads[0].view<float>(), grads[1].view<float>(), grads[2].view<float>(),
-      grads[3].view<float>(), grads[4].view<float>(), params[5].view<float>(),
-      params[6].view<float>()};
-  ASSERT_TRUE(pkm->Backward(*ctx, views(params), cache, x.view<const float>(),
+  ASSERT_TRUE(pkm->Backward(*ctx, params, cache, x.view<const float>(),
                             fixture->Float("d_output").view<const float>(),
-                            d_x.view<float>(), grad_views)
+                            d_x.view<float>(),
+                            {grads[0], grads[1], grads[2], grads[3], grads[4],
+                             grads[5], grads[6], grads[7]})
                   .ok());
   Check(d_x, fixture->Float("grad.input.x"), kGradientTolerance,
         "pkm grad.input.x");
-  for (int i = 0; i < 5; ++i) {
-    const std::string name = absl::StrCat("grad.param.", names[i]);
-    Check(grads[i], fixture->Float(name), kGradientTolerance,
-          absl::StrCat("pkm ", name));
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    if (!shapes[i].trainable) continue;
+    const std::string name = absl::StrCat("grad.param.", shapes[i].name);
+    const Tensor expected = fixture->Float(name);
+    ExpectParity(grads[i], expected.view<const float>(), kGradientTolerance,
+                 absl::StrCat("pkm ", name));
+    ::testing::Test::RecordProperty(
+        absl::StrCat("pkm ", name),
+        absl::StrCat(RelativeError(grads[i], expected.view<const float>())));
   }
 }
 
