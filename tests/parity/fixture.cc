@@ -263,4 +263,36 @@ void ExpectExportMatchesStateDict(
   }
 }
 
+namespace {
+
+bool IsBatchCounter(absl::string_view name) {
+  return absl::EndsWith(name, "num_batches_tracked");
+}
+
+}  // namespace
+
+StateDictMap ProductKeyMemoryStateDictMap(
+    const std::vector<ParamShape>& shapes) {
+  StateDictMap map{.library = "product-key-memory"};
+  for (const ParamShape& shape : shapes) {
+    map.rules.push_back({.reference = shape.name,
+                         .ftx = shape.name,
+                         .int64 = IsBatchCounter(shape.name)});
+  }
+  return map;
+}
+
+std::map<std::string, std::vector<int64_t>> ProductKeyMemoryReferenceShapes(
+    const std::vector<ParamShape>& shapes) {
+  std::map<std::string, std::vector<int64_t>> reference;
+  for (const ParamShape& shape : shapes) {
+    std::vector<int64_t>& dims = reference[shape.name];
+    if (IsBatchCounter(shape.name)) continue;
+    for (int axis = 0; axis < shape.shape.rank(); ++axis) {
+      dims.push_back(shape.shape.dim(axis));
+    }
+  }
+  return reference;
+}
+
 }  // namespace ftx::parity

@@ -94,6 +94,15 @@ void ExpectExportMatchesStateDict(
     const std::map<std::string, std::vector<int64_t>>& reference_shapes,
     absl::string_view prefix = "param.");
 
+// The map of a standalone product-key-memory PKM (layers/product_key_memory):
+// ftx names are its state_dict keys; "norm.fn.num_batches_tracked" is torch's
+// int64 () counter, a float [1] buffer in ftx (int64 rule, reference shape
+// {}).
+StateDictMap ProductKeyMemoryStateDictMap(
+    const std::vector<ParamShape>& shapes);
+std::map<std::string, std::vector<int64_t>> ProductKeyMemoryReferenceShapes(
+    const std::vector<ParamShape>& shapes);
+
 }  // namespace ftx::parity
 
 #endif  // FTX_TESTS_PARITY_FIXTURE_H_

@@ -12,7 +12,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/base/context.h"
@@ -38,35 +37,6 @@ void Check(TensorView<const float> actual, const Tensor& expected,
       what, absl::StrCat(RelativeError(actual, expected.view<const float>())));
 }
 
-// PKM's state_dict keys are ftx's names; num_batches_tracked is torch's
-// int64 0-d counter (a float [1] buffer in ftx).
-bool IsStepCounter(absl::string_view name) {
-  return absl::EndsWith(name, "num_batches_tracked");
-}
-
-StateDictMap PkmMap(const std::vector<ParamShape>& shapes) {
-  StateDictMap map{.library = "product-key-memory"};
-  for (const ParamShape& shape : shapes) {
-    map.rules.push_back({.reference = shape.name,
-                         .ftx = shape.name,
-                         .int64 = IsStepCounter(shape.name)});
-  }
-  return map;
-}
-
-std::map<std::string, std::vector<int64_t>> PkmReferenceShapes(
-    const std::vector<ParamShape>& shapes) {
-  std::map<std::string, std::vector<int64_t>> reference;
-  for (const ParamShape& shape : shapes) {
-    std::vector<int64_t>& dims = reference[shape.name];
-    if (IsStepCounter(shape.name)) continue;
-    for (int axis = 0; axis < shape.shape.rank(); ++axis) {
-      dims.push_back(shape.shape.dim(axis));
-    }
-  }
-  return reference;
-}
-
 TEST(PkmTrainParityTest, BatchStatisticsBufferUpdateAndGradients) {
   auto fixture = Fixture::Open(kFixture);
   ASSERT_TRUE(fixture.ok()) << fixture.status();
@@ -82,11 +52,11 @@ TEST(PkmTrainParityTest, BatchStatisticsBufferUpdateAndGradients) {
   const std::vector<ParamShape> shapes = pkm->ParamShapes();
   auto store = ParamStore::Create(shapes);
   ASSERT_TRUE(store.ok()) << store.status();
-  const StateDictMap map = PkmMap(shapes);
+  const StateDictMap map = ProductKeyMemoryStateDictMap(shapes);
   const absl::Status loaded = LoadFixtureParams(*fixture, map, *store);
   ASSERT_TRUE(loaded.ok()) << loaded;
   ExpectExportMatchesStateDict(*fixture, map, *store,
-                               PkmReferenceShapes(shapes));
+                               ProductKeyMemoryReferenceShapes(shapes));
 
   // Values (and gradients of the trainable ones) in ParamShapes order, the
   // order of ProductKeyMemoryTensors.
