@@ -456,7 +456,10 @@ absl::Status FavorProjection::Set(const char* op,
                      " rows but nb_features = ", *nb_features_));
   }
   const int64_t m = projection.dim(0), E = projection.dim(1);
-  FTX_ASSIGN_OR_RETURN(matrix_, Tensor::Create(DType::kF32, {m, E}));
+  // Reused when the shape stays (models set it from their store every call).
+  if (matrix_.shape() != Shape{m, E}) {
+    FTX_ASSIGN_OR_RETURN(matrix_, Tensor::Create(DType::kF32, {m, E}));
+  }
   float* data = matrix_.data<float>();
   for (int64_t f = 0; f < m; ++f) {
     for (int64_t e = 0; e < E; ++e) data[f * E + e] = projection.at(f, e);
